@@ -1,0 +1,143 @@
+"""GCKD adaptation of a source-pretrained model to an unlabelled target domain.
+
+Reads only target *features and pairings*: the FeatureSet passed in must come
+without identity labels (`FeatureSet.without_labels()`), and this module
+refuses one that has them. No model selection happens here: the schedule is
+fixed (``epochs``) and the last student is returned, so neither the target
+test split nor target labels can leak into the result.
+
+Variants (the ablation of benchmarks/ablation.py):
+  gckd      momentum teacher + GMP refinement + CMKD (``use_gmp``, ``momentum`` < 1)
+  cmkd_only momentum teacher, no GMP (``use_gmp=False``)
+  gmp_only  GMP-refined targets from the frozen source teacher (``momentum=1``)
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from common.graph.gmp import GMPConfig, propagate
+from common.losses.cmkd import CMKDConfig, Side, per_record_losses
+from common.models.feature_cache import FeatureSet
+from common.models.heads import DualHeads
+from common.train.embed import embed_featureset
+from common.train.site_context import PublicBank, SiteContext, build_site_context
+
+
+@dataclass
+class AdaptConfig:
+    mode: str = "full"  # "full" or "per_record" (DESIGN.md section 4)
+    epochs: int = 8  # fixed schedule: no selection on target data
+    batch_size: int = 64  # records per step
+    lr: float = 3e-4  # heads move from a good source solution; smaller than pretraining's 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.99  # EMA of the teacher per step; 1.0 freezes the teacher (gmp_only)
+    use_gmp: bool = True
+    refresh_steps: int = 25  # recompute the teacher's refined target embeddings this often
+    queue_size: int = 1024  # refined target features kept as extra candidates (full mode)
+    seed: int = 0
+    gmp: GMPConfig = field(default_factory=GMPConfig)
+    cmkd: CMKDConfig = field(default_factory=CMKDConfig)
+    prototypes: int = 64  # per_record mode: DP k-means prototypes per modality
+    prototype_iters: int = 3  # noisy Lloyd iterations (each one is accounted)
+    prototype_noise: float = 2.0  # noise multiplier of each prototype release
+
+
+def _ema(teacher: DualHeads, student: DualHeads, m: float) -> None:
+    with torch.no_grad():
+        for t, s in zip(teacher.parameters(), student.parameters()):
+            t.mul_(m).add_(s.detach(), alpha=1 - m)
+
+
+def _record_of_text(fs: FeatureSet) -> torch.Tensor:
+    return fs.text_to_image
+
+
+@torch.no_grad()
+def refine(teacher: DualHeads, target: FeatureSet, ctx: SiteContext, cfg: AdaptConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher embeddings of every target image and caption, refined by GMP if enabled."""
+    ctx.refresh_anchors(teacher)
+    text, image = embed_featureset(teacher, target)
+    if not cfg.use_gmp:
+        return image, text
+    return propagate(image, text, target.text_to_image, ctx.public_nodes(), cfg.gmp, cfg.mode)
+
+
+def adapt(
+    teacher_heads: DualHeads,
+    target: FeatureSet,
+    bank: PublicBank,
+    cfg: AdaptConfig,
+    progress: Callable[[int, int, dict], None] | None = None,
+) -> tuple[DualHeads, dict]:
+    """Returns (student after the fixed schedule, log)."""
+    if (target.text_pids >= 0).any() or (target.image_pids >= 0).any():
+        raise ValueError("adaptation must not see target identity labels: pass FeatureSet.without_labels()")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    student = copy.deepcopy(teacher_heads).train()
+    teacher = copy.deepcopy(teacher_heads).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ctx = build_site_context(teacher, target, bank, cfg, gen)
+    n_rec = len(target.image_feats)
+    text_record = _record_of_text(target)
+    caps_of = [[] for _ in range(n_rec)]
+    for t, r in enumerate(text_record.tolist()):
+        caps_of[r].append(t)
+    steps_per_epoch = max(1, n_rec // cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    queue_img = torch.empty(0, teacher.cfg.out_dim)
+    queue_txt = torch.empty(0, teacher.cfg.out_dim)
+    queue_img_owner = torch.empty(0, dtype=torch.long)
+    queue_txt_owner = torch.empty(0, dtype=torch.long)
+    log: list[dict] = []
+    step = 0
+    r_img = r_txt = None
+    for epoch in range(cfg.epochs):
+        perm = torch.randperm(n_rec, generator=gen)
+        for b in range(steps_per_epoch):
+            if step % cfg.refresh_steps == 0:
+                r_img, r_txt = refine(teacher, target, ctx, cfg)
+            recs = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            txt = torch.tensor([t for r in recs.tolist() for t in caps_of[r]])
+            local = torch.full((n_rec,), -1, dtype=torch.long)
+            local[recs] = torch.arange(len(recs))
+            t_rec = local[text_record[txt]]
+            s_img = student.image(target.image_feats[recs])
+            s_txt = student.text(target.text_feats[txt])
+            s_img_pair = F.normalize(torch.zeros_like(s_img).index_add(0, t_rec, s_txt), dim=-1)
+            r_img_b, r_txt_b = r_img[recs], r_txt[txt]
+            r_img_pair = F.normalize(torch.zeros_like(r_img_b).index_add(0, t_rec, r_txt_b), dim=-1)
+            full = cfg.mode == "full"
+            key_img = torch.cat([r_img_b, queue_img]) if full else r_img_b[:0]
+            key_img_owner = torch.cat([recs, queue_img_owner]) if full else recs[:0]
+            key_txt = torch.cat([r_txt_b, queue_txt]) if full else r_txt_b[:0]
+            key_txt_owner = torch.cat([text_record[txt], queue_txt_owner]) if full else recs[:0]
+            rec_global = recs[t_rec]
+            text_side = Side(s_txt, s_img[t_rec], r_txt_b, r_img_b[t_rec], key_img, key_img_owner, ctx.public_images(), rec_global)
+            image_side = Side(s_img, s_img_pair, r_img_b, r_img_pair, key_txt, key_txt_owner, ctx.public_texts(), recs)
+            losses = per_record_losses(text_side, image_side, t_rec, len(recs), cfg.cmkd)
+            loss = losses.mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if cfg.momentum < 1.0:
+                _ema(teacher, student, cfg.momentum)
+            if full and cfg.queue_size:
+                queue_img = torch.cat([r_img_b, queue_img])[: cfg.queue_size]
+                queue_img_owner = torch.cat([recs, queue_img_owner])[: cfg.queue_size]
+                queue_txt = torch.cat([r_txt_b, queue_txt])[: cfg.queue_size]
+                queue_txt_owner = torch.cat([text_record[txt], queue_txt_owner])[: cfg.queue_size]
+            step += 1
+            if progress and (step % 10 == 0 or step == total):
+                progress(step, total, {"epoch": epoch + 1, "loss": float(loss)})
+        log.append({"epoch": epoch + 1, "loss": float(loss)})
+    student.eval()
+    return student, {"config": asdict(cfg), "epochs": log, "selection": "fixed schedule (last epoch); no target labels read", "privacy_history": ctx.privacy_history}

@@ -1,0 +1,3 @@
+from fedgckd.cli import main
+
+main()

@@ -1,0 +1,54 @@
+"""`fedgckd adapt`: GCKD adaptation of a teacher to an unlabelled target domain (one machine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from fedgckd.commands.common_options import CACHE_HELP, user_errors
+from fedgckd.commands.train import features
+from fedgckd.progress import console, progress_bar
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(adapt)
+
+
+def adapt(
+    teacher: Path = typer.Option(..., "--teacher", help="Source-pretrained checkpoint (from `fedgckd pretrain`)."),
+    data: Path = typer.Option(..., "--data", help="Data folder holding one subfolder per domain/dataset."),
+    target: str = typer.Option(..., "--target", help="Target domain; only its train split's images and captions are read, never its identities."),
+    out: Path = typer.Option(..., "--out", help="Checkpoint folder to write."),
+    mode: str = typer.Option("full", "--mode", help="full (graph and negatives across target records) or per-record (each record's loss depends on that record and public data only)."),
+    epochs: int = typer.Option(8, "--epochs", help="Fixed schedule; the last epoch is kept (no selection on target data)."),
+    anchors: int = typer.Option(2048, "--anchors", help="Source anchors per modality in the public bank."),
+    seed: int = typer.Option(0, "--seed"),
+    cache: Path = typer.Option(None, "--cache", help=CACHE_HELP),
+) -> None:
+    """Adapt with GMP graph propagation and CMKD momentum distillation."""
+    from common.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from common.models.backbones import build_backbone
+    from common.train.adapt import AdaptConfig, adapt as run
+    from common.train.site_context import PublicBank
+
+    mode_key = mode.replace("-", "_")
+    if mode_key not in ("full", "per_record"):
+        console.print(f"[red]error:[/] --mode must be full or per-record, not {mode!r}")
+        raise typer.Exit(2)
+    with user_errors():
+        ckpt = load_checkpoint(teacher)
+        bb = build_backbone(ckpt.backbone)
+        ckpt = load_checkpoint(teacher, expect_fingerprint=bb.fingerprint())
+        src = ckpt.meta.get("source", {})
+        if not src.get("domain"):
+            raise ValueError(f"{teacher}: checkpoint does not record its source domain (needed for the public anchor bank)")
+        src_fs = features(bb, Path(src.get("data", data)), src["domain"], "train", cache)
+        tgt_fs = features(bb, data, target, "train", cache, labels=False)
+        cfg = AdaptConfig(mode=mode_key, epochs=epochs, seed=seed)
+        bank = PublicBank.from_source(src_fs, anchors, seed=seed)
+        with progress_bar(f"adapt ({mode})") as bar:
+            student, log = run(ckpt.heads, tgt_fs, bank, cfg, progress=bar)
+        meta = {"role": "student", "source": src, "target": {"data": str(data), "domain": target}, "teacher": str(teacher), "adaptation": log}
+        save_checkpoint(Checkpoint(student, bb.name, bb.fingerprint(), ckpt.head_config, ckpt.text_dim, ckpt.image_dim, seed, meta), out)
+    console.print(f"wrote {out} (mode {mode}, {epochs} epochs, fixed schedule)")

@@ -1,0 +1,133 @@
+"""Per-record mode decomposes over records; full mode does not.
+
+Ground truth, as Opacus tests its grad samplers: the per-sample gradients of a
+batch (Opacus GradSampleModule, hooks mode, sum reduction) must equal the
+gradients of batch-of-one runs. For per-record CMKD they do; for full-mode
+CMKD (in-batch keys) they do not, which is why record-level DP refuses it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from opacus import GradSampleModule
+
+from common.graph.gmp import GMPConfig, propagate
+from common.losses.cmkd import CMKDConfig, Side, per_record_losses
+from common.models.heads import DualHeads, HeadConfig
+from common.train.record_pack import PackedStudent, RecordLoss, RecordPack, pack_texts, teacher_targets
+
+DI, DT, D = 12, 10, 8
+
+
+def _setup(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    heads = DualHeads(DT, DI, HeadConfig(out_dim=D, hidden=16))
+    image = torch.randn(n, DI, generator=g)
+    caps = torch.randn(n, 2, DT, generator=g)
+    mask = torch.ones(n, 2)
+    mask[1, 1] = 0.0  # a record with one caption
+    caps[1, 1] = 0.0
+    pack = RecordPack(image, caps, mask)
+    r_img = F.normalize(torch.randn(n, D, generator=g), dim=-1)
+    r_txt = F.normalize(torch.randn(n, 2, D, generator=g), dim=-1)
+    pub_i = F.normalize(torch.randn(20, D, generator=g), dim=-1)
+    pub_t = F.normalize(torch.randn(20, D, generator=g), dim=-1)
+    return heads, pack, teacher_targets(r_img, r_txt), pub_i, pub_t
+
+
+def _per_sample_grads(model, crit, x, y):
+    gsm = GradSampleModule(model, loss_reduction="sum")
+    gsm.zero_grad()
+    crit.reduction = "sum"
+    crit(gsm(x), y).backward()
+    out = {n: p.grad_sample.clone() for n, p in gsm.named_parameters() if p.requires_grad}
+    gsm._close()
+    return out
+
+
+def _single_grads(model, crit, x, y):
+    model.zero_grad()
+    crit.reduction = "sum"
+    crit(model(x), y).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_per_record_loss_gradients_equal_batch_of_one():
+    heads, pack, targets, pub_i, pub_t = _setup()
+    model = PackedStudent(heads, DI, DT, 2)
+    crit = RecordLoss(pub_i, pub_t, CMKDConfig(hard_negatives=5), D)
+    x = pack.inputs()
+    batch = _per_sample_grads(model, crit, x, targets)
+    for i in range(len(x)):
+        single = _single_grads(model, crit, x[i : i + 1], targets[i : i + 1])
+        for name, g in single.items():
+            torch.testing.assert_close(batch["_module." + name][i], g, rtol=1e-4, atol=1e-6)
+
+
+def test_per_record_loss_values_independent_of_batch():
+    heads, pack, targets, pub_i, pub_t = _setup()
+    crit = RecordLoss(pub_i, pub_t, CMKDConfig(hard_negatives=5), D, reduction="none")
+    model = PackedStudent(heads, DI, DT, 2)
+    x = pack.inputs()
+    full = crit(model(x), targets)
+    alone = torch.cat([crit(model(x[i : i + 1]), targets[i : i + 1]) for i in range(len(x))])
+    torch.testing.assert_close(full, alone)
+
+
+def _full_mode_loss(heads, pack, r_img, r_txt, pub_i, pub_t):
+    """Full-mode CMKD: the batch's refined features are candidates (keys) for every record."""
+    n = len(pack)
+    rec = torch.arange(n).repeat_interleave(2)
+    s_img = heads.image(pack.image)
+    s_txt = heads.text(pack.captions.reshape(-1, DT))
+    rt = r_txt.reshape(-1, D)
+    s_pair = F.normalize(s_txt.reshape(n, 2, D).sum(1), dim=-1)
+    r_pair = F.normalize(r_txt.sum(1), dim=-1)
+    cfg = CMKDConfig(hard_negatives=5)
+    ts = Side(s_txt, s_img[rec], rt, r_img[rec], r_img, torch.arange(n), pub_i, rec)
+    is_ = Side(s_img, s_pair, r_img, r_pair, rt, rec, pub_t, torch.arange(n))
+    return per_record_losses(ts, is_, rec, n, cfg)
+
+
+def test_full_mode_does_not_decompose():
+    heads, pack, _, pub_i, pub_t = _setup()
+    pack.mask[:] = 1.0
+    g = torch.Generator().manual_seed(1)
+    r_img = F.normalize(torch.randn(len(pack), D, generator=g), dim=-1)
+    r_txt = F.normalize(torch.randn(len(pack), 2, D, generator=g), dim=-1)
+    heads.zero_grad()
+    _full_mode_loss(heads, pack, r_img, r_txt, pub_i, pub_t)[0].backward()
+    with_others = [p.grad.clone() for p in heads.parameters()]
+    heads.zero_grad()
+    one = RecordPack(pack.image[:1], pack.captions[:1], pack.mask[:1])
+    _full_mode_loss(heads, one, r_img[:1], r_txt[:1], pub_i, pub_t)[0].backward()
+    alone = [p.grad.clone() for p in heads.parameters()]
+    diff = max(float((a - b).abs().max()) for a, b in zip(with_others, alone))
+    assert diff > 1e-3, "record 0's full-mode gradient should depend on the other records"
+
+
+def test_gmp_per_record_refinement_depends_on_own_record_only():
+    g = torch.Generator().manual_seed(2)
+    n = 10
+    image = F.normalize(torch.randn(n, D, generator=g), dim=-1)
+    text = F.normalize(torch.randn(2 * n, D, generator=g), dim=-1)
+    t2i = torch.arange(n).repeat_interleave(2)
+    public = F.normalize(torch.randn(30, D, generator=g), dim=-1)
+    cfg = GMPConfig()
+    ri, rt = propagate(image, text, t2i, public, cfg, "per_record")
+    for i in (0, 3, 9):
+        ri1, rt1 = propagate(image[i : i + 1], text[2 * i : 2 * i + 2], torch.zeros(2, dtype=torch.long), public, cfg, "per_record")
+        torch.testing.assert_close(ri1[0], ri[i])
+        torch.testing.assert_close(rt1, rt[2 * i : 2 * i + 2])
+    fi, _ = propagate(image, text, t2i, public, cfg, "full")
+    fi1, _ = propagate(image[:1], text[:2], torch.zeros(2, dtype=torch.long), public, cfg, "full")
+    assert (fi[0] - fi1[0]).abs().max() > 1e-3, "full-mode refinement should depend on other records"
+
+
+def test_pack_texts_round_trip():
+    t2i = torch.tensor([0, 0, 1, 2, 2])
+    r = torch.arange(5.0).unsqueeze(1).repeat(1, D)
+    pack = RecordPack(torch.zeros(3, DI), torch.zeros(3, 2, DT), torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]]))
+    out = pack_texts(r, t2i, pack)
+    assert out[0, 1, 0] == 1 and out[1, 0, 0] == 2 and out[1, 1].abs().sum() == 0 and out[2, 1, 0] == 4
