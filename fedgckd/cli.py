@@ -14,6 +14,8 @@ import typer  # noqa: E402
 
 from fedgckd.commands import adapt as adapt_cmd  # noqa: E402
 from fedgckd.commands import data as data_cmd  # noqa: E402
+from fedgckd.commands import demo as demo_cmd  # noqa: E402
+from fedgckd.commands import simulate as simulate_cmd  # noqa: E402
 from fedgckd.commands import train as train_cmd  # noqa: E402
 
 app = typer.Typer(
@@ -26,6 +28,8 @@ app = typer.Typer(
 app.add_typer(data_cmd.app, name="data")
 train_cmd.register(app)
 adapt_cmd.register(app)
+demo_cmd.register(app)
+simulate_cmd.register(app)
 
 
 def main() -> None:

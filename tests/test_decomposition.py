@@ -22,17 +22,17 @@ DI, DT, D = 12, 10, 8
 
 def _setup(n=6, seed=0):
     g = torch.Generator().manual_seed(seed)
-    heads = DualHeads(DT, DI, HeadConfig(out_dim=D, hidden=16))
-    image = torch.randn(n, DI, generator=g)
-    caps = torch.randn(n, 2, DT, generator=g)
-    mask = torch.ones(n, 2)
+    heads = DualHeads(DT, DI, HeadConfig(out_dim=D, hidden=16)).double()  # float64: exact comparisons
+    image = torch.randn(n, DI, generator=g, dtype=torch.float64)
+    caps = torch.randn(n, 2, DT, generator=g, dtype=torch.float64)
+    mask = torch.ones(n, 2, dtype=torch.float64)
     mask[1, 1] = 0.0  # a record with one caption
     caps[1, 1] = 0.0
     pack = RecordPack(image, caps, mask)
-    r_img = F.normalize(torch.randn(n, D, generator=g), dim=-1)
-    r_txt = F.normalize(torch.randn(n, 2, D, generator=g), dim=-1)
-    pub_i = F.normalize(torch.randn(20, D, generator=g), dim=-1)
-    pub_t = F.normalize(torch.randn(20, D, generator=g), dim=-1)
+    r_img = F.normalize(torch.randn(n, D, generator=g, dtype=torch.float64), dim=-1)
+    r_txt = F.normalize(torch.randn(n, 2, D, generator=g, dtype=torch.float64), dim=-1)
+    pub_i = F.normalize(torch.randn(20, D, generator=g, dtype=torch.float64), dim=-1)
+    pub_t = F.normalize(torch.randn(20, D, generator=g, dtype=torch.float64), dim=-1)
     return heads, pack, teacher_targets(r_img, r_txt), pub_i, pub_t
 
 
@@ -62,7 +62,7 @@ def test_per_record_loss_gradients_equal_batch_of_one():
     for i in range(len(x)):
         single = _single_grads(model, crit, x[i : i + 1], targets[i : i + 1])
         for name, g in single.items():
-            torch.testing.assert_close(batch["_module." + name][i], g, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(batch["_module." + name][i], g, rtol=1e-9, atol=1e-12)
 
 
 def test_per_record_loss_values_independent_of_batch():
@@ -94,8 +94,8 @@ def test_full_mode_does_not_decompose():
     heads, pack, _, pub_i, pub_t = _setup()
     pack.mask[:] = 1.0
     g = torch.Generator().manual_seed(1)
-    r_img = F.normalize(torch.randn(len(pack), D, generator=g), dim=-1)
-    r_txt = F.normalize(torch.randn(len(pack), 2, D, generator=g), dim=-1)
+    r_img = F.normalize(torch.randn(len(pack), D, generator=g, dtype=torch.float64), dim=-1)
+    r_txt = F.normalize(torch.randn(len(pack), 2, D, generator=g, dtype=torch.float64), dim=-1)
     heads.zero_grad()
     _full_mode_loss(heads, pack, r_img, r_txt, pub_i, pub_t)[0].backward()
     with_others = [p.grad.clone() for p in heads.parameters()]

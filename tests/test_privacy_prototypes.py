@@ -9,7 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.privacy.accounting import epsilon, gaussian_release
-from common.privacy.site_prototypes import SENSITIVITY, dp_kmeans, exact_sums_and_counts, unit_rows
+from common.privacy.site_prototypes import (
+    SENSITIVITY,
+    dp_kmeans,
+    exact_sums_and_counts,
+    noisy_sums_and_counts,
+    unit_rows,
+)
 
 
 def _site(seed, n=60, d=8, k=4):
@@ -90,11 +96,15 @@ def test_history_entries_compose_as_gaussian_releases():
 
 
 def test_noise_std_matches_the_accounted_multiplier():
-    sigma, n = 3.0, 1000
-    x = torch.ones(n, 2, dtype=torch.float64)
-    init = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    sigma, n, d = 3.0, 1000, 4000
+    x = torch.zeros(n, d, dtype=torch.float64)
+    x[:, 0] = 1.0
+    init = torch.eye(d, dtype=torch.float64)[:1]
     g = torch.Generator().manual_seed(7)
-    counts = torch.stack([dp_kmeans(x, 1, 1, sigma, init, generator=g).counts_noisy[0] for _ in range(3000)])
+    sums, _ = noisy_sums_and_counts(x, init, sigma, generator=g)
+    assert sums[0, 0].item() == pytest.approx(n, abs=5 * sigma * SENSITIVITY)
+    assert sums[0, 1:].std().item() == pytest.approx(sigma * SENSITIVITY, rel=0.05)  # 3999 pure-noise coords
+    counts = torch.cat([noisy_sums_and_counts(x[:, :2], init[:, :2], sigma, generator=g)[1] for _ in range(2000)])
     assert counts.mean().item() == pytest.approx(n, abs=0.5)
     assert counts.std().item() == pytest.approx(sigma * SENSITIVITY, rel=0.05)
 
@@ -116,3 +126,5 @@ def test_rejects_bad_input():
                   4, 1, 1.0, centres)
     with pytest.raises(ValueError):
         dp_kmeans(x, 4, 1, -1.0, centres)
+    with pytest.raises(ValueError, match="norm > 1"):
+        noisy_sums_and_counts(2 * unit_rows(x), centres, 1.0)

@@ -149,6 +149,7 @@ def test_captions_paraphrase_but_agree(tiny):
                 assert words & upper_colours, (domain, c, upper_colours)
                 assert words & upper_nouns, (domain, c, ident["upper"])
                 assert words & shoe_colours, (domain, c, ident["shoes_colour"])
+                assert not re.search(r"\b[Aa] [aeiou]", c), c  # "an orange", never "a orange"
             assert len(set(caps)) == len(caps)  # no two captions of an identity are the same text
 
 

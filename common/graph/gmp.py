@@ -29,12 +29,12 @@ needs (DESIGN.md section 4). Tests check this.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch_geometric.nn import APPNP
-from torch_geometric.utils import to_torch_csr_tensor
 
 from common.graph.knn import knn_edge_index
 
@@ -111,10 +111,14 @@ def build_graph(
 
 
 def row_normalised_adjacency(edge_index: torch.Tensor, weight: torch.Tensor, n: int) -> torch.Tensor:
-    """CSR matrix A with A[target, source] = w / sum of the target's incoming weights."""
+    """Sparse (CSR) matrix A with A[target, source] = w / sum of the target's incoming weights."""
     deg = torch.zeros(n).index_add_(0, edge_index[1], weight)
     w = weight / deg[edge_index[1]]
-    return to_torch_csr_tensor(edge_index.flip(0), w, size=(n, n))
+    adj = torch.sparse_coo_tensor(torch.stack([edge_index[1], edge_index[0]]), w, size=(n, n), check_invariants=False)
+    adj = adj.coalesce()  # sums duplicate edges (e.g. a pair that is also a kNN edge)
+    with warnings.catch_warnings():  # torch flags every CSR tensor as "beta"; PyG's spmm wants CSR
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return adj.to_sparse_csr()
 
 
 @torch.no_grad()

@@ -65,7 +65,7 @@ class Side:
 def _side_losses(s: Side, cfg: CMKDConfig) -> torch.Tensor:
     """Per-query loss [B] for one direction."""
     cands = torch.cat([s.keys, s.public]).detach()
-    own = s.keys.new_zeros((len(s.record), len(cands)), dtype=torch.bool)
+    own = torch.zeros((len(s.record), len(cands)), dtype=torch.bool)
     if len(s.keys):
         own[:, : len(s.keys)] = s.key_owner[None, :] == s.record[:, None]
     pos_s = (s.q_student * s.pos_student).sum(-1, keepdim=True)
@@ -95,6 +95,6 @@ def per_record_losses(text_side: Side, image_side: Side, text_record: torch.Tens
     """Loss of each record [n_records]: the mean over its captions' and its image's terms."""
     lt = _side_losses(text_side, cfg)
     li = _side_losses(image_side, cfg)
-    per_t = torch.zeros(n_records, dtype=lt.dtype).index_add(0, text_record, lt)
-    cnt = torch.zeros(n_records, dtype=lt.dtype).index_add(0, text_record, torch.ones_like(lt)).clamp_min(1.0)
+    per_t = lt.new_zeros(n_records).index_add(0, text_record, lt)
+    cnt = lt.new_zeros(n_records).index_add(0, text_record, torch.ones_like(lt)).clamp_min(1.0)
     return 0.5 * (per_t / cnt + li)

@@ -126,8 +126,9 @@ def summarize(best: torch.Tensor, ap: torch.Tensor, inp: torch.Tensor, *, n_gall
 
 
 def check_similarity(similarity: torch.Tensor) -> torch.Tensor:
-    """2-D, non-empty, floating (or integer, promoted to float64), no NaN."""
-    sim = torch.as_tensor(similarity)
+    """2-D, non-empty, floating (or integer, promoted to float64), no NaN;
+    returned detached, on the CPU."""
+    sim = torch.as_tensor(similarity).detach().cpu()
     if sim.ndim != 2 or sim.shape[0] == 0 or sim.shape[1] == 0:
         raise ValueError(f"similarity must be a non-empty [n_queries, n_gallery] matrix, got shape {tuple(sim.shape)}")
     if sim.dtype == torch.bool or sim.is_complex():
@@ -148,7 +149,7 @@ def check_pids(query_pids, gallery_pids, *, n_queries: int, n_gallery: int) -> t
             raise ValueError(f"{name} must have shape [{n}], got {tuple(p.shape)}")
         if p.is_floating_point() or p.is_complex() or p.dtype == torch.bool:
             raise ValueError(f"{name} must be integer ids, got dtype {p.dtype}")
-        out.append(p.to(torch.long))
+        out.append(p.detach().cpu().to(torch.long))
     return out[0], out[1]
 
 

@@ -76,7 +76,7 @@ class LedgerEntry:
     sample_rate: float
     steps: int
     accountant: str
-    epsilon_so_far: float  # from the whole history up to and including this entry
+    epsilon_so_far: float  # whole history up to and including this entry; inf if the accountant failed
     budget: float
     status: str
     timestamp: float  # unix seconds
@@ -141,15 +141,20 @@ class SiteLedger:
         ts = time.time() if timestamp is None else float(timestamp)
         if not spends:  # a round that spent nothing is still on the record
             spends = [Spend("none", 0.0, 0.0, 0)]
-        new: list[LedgerEntry] = []
+        history, new = list(self.history), []
         for s in spends:
-            self.history = merge_history(self.history, [s.entry()])
+            history = merge_history(history, [s.entry()])
+            try:
+                eps = compute_epsilon(history, self.delta, self.accountant).epsilon
+            except AccountingError:  # the spending happened and must be recorded; unknown counts as unbounded
+                eps = math.inf
             new.append(LedgerEntry(
                 site=self.site, round=int(round), unit=self.unit, neighbouring=self.neighbouring,
                 mechanism=s.mechanism, delta=self.delta, noise_multiplier=float(s.noise_multiplier),
                 clip_norm=None if s.clip_norm is None else float(s.clip_norm), sample_rate=float(s.sample_rate),
-                steps=int(s.steps), accountant=self.accountant, epsilon_so_far=self.epsilon(),
+                steps=int(s.steps), accountant=self.accountant, epsilon_so_far=eps,
                 budget=self.budget, status=status, timestamp=ts))
+        self.history = history
         self.entries.extend(new)
         return new
 

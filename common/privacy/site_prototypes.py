@@ -68,9 +68,26 @@ def assign(x: Tensor, centres: Tensor) -> Tensor:
 
 def exact_sums_and_counts(x: Tensor, centres: Tensor) -> tuple[Tensor, Tensor]:
     """The exact (pre-noise) statistics of one iteration: per-cluster sums [k, D] and counts [k]."""
-    k = centres.shape[0]
-    onehot = torch.nn.functional.one_hot(assign(x, centres), num_classes=k).to(x.dtype)
-    return onehot.T @ x, onehot.sum(dim=0)
+    k, a = centres.shape[0], assign(x, centres)
+    sums = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, a, x)
+    return sums, torch.bincount(a, minlength=k).to(x.dtype)
+
+
+def noisy_sums_and_counts(x_unit: Tensor, centres: Tensor, noise_multiplier: float,
+                          generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """One iteration's release: exact statistics plus N(0, (noise_multiplier * sqrt(2))^2) on every value.
+
+    ``x_unit`` rows must already have norm <= 1 (see ``unit_rows``); ``centres``
+    must be public or previously released.
+    """
+    if (x_unit.norm(dim=1) > 1 + 1e-6).any():
+        raise ValueError("a record has norm > 1: the sqrt(2) sensitivity bound would not hold")
+    sums, counts = exact_sums_and_counts(x_unit, centres)
+    std = noise_multiplier * SENSITIVITY
+    if std > 0:
+        sums = sums + std * torch.randn(sums.shape, generator=generator, dtype=sums.dtype, device=sums.device)
+        counts = counts + std * torch.randn(counts.shape, generator=generator, dtype=counts.dtype, device=counts.device)
+    return sums, counts
 
 
 def update_threshold(noise_multiplier: float, dim: int, min_count: float = 1.0) -> float:
@@ -97,14 +114,10 @@ def dp_kmeans(x: Tensor, k: int, iterations: int, noise_multiplier: float, init:
     work = torch.float64
     xs = unit_rows(x.to(work))
     centres = unit_rows(init.to(work))
-    std = noise_multiplier * SENSITIVITY
     threshold = update_threshold(noise_multiplier, x.shape[1], min_count)
-    counts_noisy = torch.zeros(k, dtype=work)
+    counts_noisy = torch.zeros(k, dtype=work, device=x.device)
     for _ in range(iterations):
-        sums, counts = exact_sums_and_counts(xs, centres)
-        if std > 0:
-            sums = sums + std * torch.randn(sums.shape, generator=generator, dtype=work)
-            counts = counts + std * torch.randn(counts.shape, generator=generator, dtype=work)
+        sums, counts = noisy_sums_and_counts(xs, centres, noise_multiplier, generator)
         # From here on only the noisy (released) sums and counts are used.
         move = (counts >= threshold) & (sums.norm(dim=1) > 0)
         centres = torch.where(move[:, None], unit_rows(sums), centres)

@@ -74,13 +74,21 @@ def adapt(
     bank: PublicBank,
     cfg: AdaptConfig,
     progress: Callable[[int, int, dict], None] | None = None,
+    student: DualHeads | None = None,
+    steps: int | None = None,
 ) -> tuple[DualHeads, dict]:
-    """Returns (student after the fixed schedule, log)."""
+    """Returns (student after the fixed schedule, log).
+
+    student: start from these heads instead of the teacher's (a federated
+        round starts from the global student); parameters with
+        requires_grad=False stay fixed.
+    steps: run exactly this many steps instead of ``cfg.epochs`` epochs.
+    """
     if (target.text_pids >= 0).any() or (target.image_pids >= 0).any():
         raise ValueError("adaptation must not see target identity labels: pass FeatureSet.without_labels()")
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    student = copy.deepcopy(teacher_heads).train()
+    student = copy.deepcopy(teacher_heads if student is None else student).train()
     teacher = copy.deepcopy(teacher_heads).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -92,7 +100,8 @@ def adapt(
     for t, r in enumerate(text_record.tolist()):
         caps_of[r].append(t)
     steps_per_epoch = max(1, n_rec // cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
+    total = cfg.epochs * steps_per_epoch if steps is None else steps
+    n_epochs = cfg.epochs if steps is None else -(-steps // steps_per_epoch)
     queue_img = torch.empty(0, teacher.cfg.out_dim)
     queue_txt = torch.empty(0, teacher.cfg.out_dim)
     queue_img_owner = torch.empty(0, dtype=torch.long)
@@ -100,9 +109,9 @@ def adapt(
     log: list[dict] = []
     step = 0
     r_img = r_txt = None
-    for epoch in range(cfg.epochs):
+    for epoch in range(n_epochs):
         perm = torch.randperm(n_rec, generator=gen)
-        for b in range(steps_per_epoch):
+        for b in range(min(steps_per_epoch, total - step)):
             if step % cfg.refresh_steps == 0:
                 r_img, r_txt = refine(teacher, target, ctx, cfg)
             recs = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
@@ -137,7 +146,7 @@ def adapt(
                 queue_txt_owner = torch.cat([text_record[txt], queue_txt_owner])[: cfg.queue_size]
             step += 1
             if progress and (step % 10 == 0 or step == total):
-                progress(step, total, {"epoch": epoch + 1, "loss": float(loss)})
-        log.append({"epoch": epoch + 1, "loss": float(loss)})
+                progress(step, total, {"epoch": epoch + 1, "loss": float(loss.detach())})
+        log.append({"epoch": epoch + 1, "loss": float(loss.detach())})
     student.eval()
     return student, {"config": asdict(cfg), "epochs": log, "selection": "fixed schedule (last epoch); no target labels read", "privacy_history": ctx.privacy_history}

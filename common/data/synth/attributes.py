@@ -138,6 +138,8 @@ def sample_identity(rng: np.random.Generator, pid: int) -> Identity:
         lower, lower_colour = None, None
     else:
         lower = _pick(rng, LOWERS, _LOWER_W[gender])
+        if upper == "coat" and lower in ("shorts", "skirt"):  # a knee-length coat would hide them
+            lower = _pick(rng, ("jeans", "trousers"))
         # Jeans are mostly blue, black or gray, as in the street; other garments any colour.
         if lower == "jeans" and rng.random() < 0.7:
             lower_colour = _pick(rng, ("blue", "black", "gray"))

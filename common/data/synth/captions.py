@@ -14,6 +14,7 @@ are drawn until they differ.
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import numpy as np
@@ -149,10 +150,11 @@ def notes(ident: Identity, view: str, rng: np.random.Generator) -> str:
                 f"Top: {s.upper(after)}. Head: {s.head()}.")
     if form == 1:
         legs = f"{lower} and {s.shoes(after)}" if lower else s.shoes(after)
-        return f"With {s.bag(after)}, {legs}, {s.upper(after)} on top and {s.head()}; {_a(who)}, seen {seen}."
+        bag = f"with {s.bag(after)}" if ident.bag != "none" else s.pick(("no luggage", "empty-handed"))
+        return f"{_cap(bag)}; {legs}, {s.upper(after)} on top and {s.head()}; {_a(who)}, seen {seen}."
     parts = [s.shoes(after), s.upper(after)] + ([lower] if lower else [])
     rng.shuffle(parts)
-    return f"{_cap(s.bag())} in hand; {', '.join(parts)}; {s.head()}. Subject: {who}."
+    return f"Luggage: {s.bag()}; {', '.join(parts)}; {s.head()}. Subject: {who}."
 
 
 GRAMMARS: dict[str, Callable[[Identity, str, np.random.Generator], str]] = {
@@ -165,10 +167,18 @@ GRAMMARS: dict[str, Callable[[Identity, str, np.random.Generator], str]] = {
 def caption_pair(ident: Identity, view: str, grammar: str, rng: np.random.Generator) -> list[str]:
     """Two different captions of one image (redrawn up to 20 times until they differ)."""
     fn = GRAMMARS[grammar]
-    first = fn(ident, view, rng)
+    first = _articles(fn(ident, view, rng))
     second = first
     for _ in range(20):
-        second = fn(ident, view, rng)
+        second = _articles(fn(ident, view, rng))
         if second != first:
             break
     return [first, second]
+
+
+_A_VOWEL = re.compile(r"\b([Aa]) (?=[aeiouAEIOU])")
+
+
+def _articles(text: str) -> str:
+    """'a orange hijab' -> 'an orange hijab' wherever a template put 'a' before a vowel."""
+    return _A_VOWEL.sub(lambda m: m.group(1) + "n ", text)

@@ -46,14 +46,19 @@ def _face_side(p: Painter, sk: Skeleton, look: Look) -> None:
     p.ellipse((hx - rx * 0.1, hy + 0.008), 0.009, 0.013, scale_rgb(look.skin, 0.85), detail=True)
 
 
-def _hair_cap(p: Painter, sk: Skeleton, colour, deep: bool = False) -> None:
-    """Hair (or a close cap of fabric) covering the top / back of the head, per view."""
+def _hair_cap(p: Painter, sk: Skeleton, colour, deep: bool = False, fabric: bool = False) -> None:
+    """Hair (or, with fabric, a close cap) covering the top / back of the head, per view.
+
+    From behind, hair covers the whole head, a fabric cap only its upper part.
+    """
     (hx, hy), rx, ry = sk.head, sk.head_rx, sk.head_ry
     c = (hx, hy - 0.004)
     if sk.view == "front":
         p.chord(c, rx * 1.07, ry * 1.03, 182 if deep else 188, 358 if deep else 352, colour)
     elif sk.view == "side":
         p.chord((hx - 0.003, hy - 0.004), rx * 1.06, ry * 1.04, 100 if not deep else 80, 335 if not deep else 350, colour)
+    elif fabric:
+        p.chord(c, rx * 1.07, ry * 1.05, 160 if deep else 175, 380 if deep else 365, colour)
     else:
         p.ellipse(c, rx * 1.05, ry * 1.03, colour)
 
@@ -84,7 +89,7 @@ def head(p: Painter, sk: Skeleton, ident: Identity, look: Look) -> None:
     elif view == "side":
         _face_side(p, sk, look)
     hair = look.head if ident.has_hair_style else look.hair
-    if kind in ("short hair", "long hair", "ponytail", "cap", "hat"):
+    if kind in ("short hair", "long hair", "ponytail", "cap", "hat", "beanie"):
         _hair_cap(p, sk, hair)
     if kind == "long hair":
         if view == "front":
@@ -101,7 +106,7 @@ def head(p: Painter, sk: Skeleton, ident: Identity, look: Look) -> None:
         else:
             p.capsule((hx, hy), (hx + 0.004, ys + 0.06), 0.03, 0.016, hair)
     elif kind == "cap":
-        _hair_cap(p, sk, look.head, deep=False)
+        _hair_cap(p, sk, look.head, fabric=True)
         p.chord((hx, hy - 0.012), rx * 1.1, ry * 1.04, 180, 360, look.head)
         brim = shade(look.head)
         if view == "front":
@@ -116,7 +121,7 @@ def head(p: Painter, sk: Skeleton, ident: Identity, look: Look) -> None:
         p.poly([(hx - rx * 0.86, by - 0.004), (hx + rx * 0.86, by - 0.004), (hx + rx * 0.84, by - 0.018), (hx - rx * 0.84, by - 0.018)],
                shade(look.head), detail=True)
     elif kind == "beanie":
-        _hair_cap(p, sk, look.head, deep=True)
+        _hair_cap(p, sk, look.head, deep=True, fabric=True)
         p.capsule((hx - rx * 1.0, hy - ry * 0.22), (hx + rx * 1.0, hy - ry * 0.22), 0.022, None, shade(look.head))
     elif kind == "bald":
         p.ellipse((hx - rx * 0.3, hy - ry * 0.55), rx * 0.3, ry * 0.18, mix_rgb(look.skin, (255, 255, 255), 0.25), detail=True)

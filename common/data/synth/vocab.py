@@ -103,7 +103,7 @@ NOTES = Vocabulary(
     shoes={"sneakers": ("trainers", "running shoes"), "boots": ("boots", "high boots"), "sandals": ("sandals", "open shoes"),
            "leather shoes": ("loafers", "formal shoes")},
     bag={"backpack": ("rucksack", "knapsack"), "handbag": ("purse", "tote"), "shoulder bag": ("satchel", "messenger bag"),
-         "umbrella": ("brolly", "umbrella"), "none": ("nothing", "no luggage")},
+         "umbrella": ("brolly", "umbrella"), "none": ("nothing", "none")},
     head={
         "short hair": ("{c} hair cut short", "short {c} hair"), "long hair": ("{c} hair worn long", "long {c} hair"),
         "ponytail": ("{c} hair tied back", "{c} ponytail"), "bald": ("shaved head", "bald head"), "cap": ("{c} peaked cap", "{c} cap"),

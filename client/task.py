@@ -1,0 +1,143 @@
+"""The site's side of a round, between Flower messages and `common.federation`.
+
+`handle_query` (message type ``query.teacher``): check the trunk fingerprint,
+check the payload against its version hash, cache it in the site's state dir.
+
+`handle_train`: open the site's ledger (continuing its history), decide
+whether the round fits the site's own budget (refuse otherwise, whatever the
+server asks), write the planned spending to the ledger *before* training
+(status "crashed" until the round completes, so a killed round is still
+counted), train, mark it "trained", and reply with the trainable arrays and
+the allowed scalar metrics only (`common.federation.outbound`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Mapping
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from client import site_data
+from common.checkpoint import clone_heads
+from common.federation import outbound
+from common.federation.config import FedConfig
+from common.federation.local_round import run_local_round
+from common.federation.payload import unpack_teacher
+from common.federation.site_budget import check_continuity, open_ledger, plan_round, resolve_settings
+from common.federation.trainable import load_arrays, trainable_names
+from common.federation.validation import global_norm
+from common.privacy.ledger import LedgerError
+
+STATE = "fedgckd-site"  # the one small ConfigRecord this app keeps in context.state
+
+
+def load_config(context: Context, overrides: Mapping[str, Any] | None = None) -> FedConfig:
+    """Run config over the defaults; refuses unsafe combinations (e.g. record-level DP in full mode)."""
+    return FedConfig.from_run_config(context.run_config, **dict(overrides or {})).validate()
+
+
+def _state(context: Context) -> ConfigRecord:
+    if STATE not in context.state.config_records:
+        context.state[STATE] = ConfigRecord({"teacher-version": "", "last-round": 0, "ledger-entries": 0, "epsilon": 0.0})
+    return context.state.config_records[STATE]
+
+
+def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def handle_query(msg: Message, context: Context, overrides: Mapping[str, Any] | None = None) -> Message:
+    cfg = load_config(context, overrides)
+    settings = resolve_settings(context.node_config, cfg)
+    config = dict(msg.content["config"])
+    name = settings.backbone or str(config["backbone"])
+    site_data.check_fingerprint(name, str(config["fingerprint"]), settings.site)
+    arrays = _numpy(msg.content["arrays"])
+    unpack_teacher(arrays, config)  # raises if the payload does not match its version hash
+    site_data.save_teacher(settings.state_dir, arrays, {**config, "backbone": name})
+    _state(context)["teacher-version"] = str(config["teacher-version"])
+    metrics = {"site": settings.partition_id, "teacher-received": 1}
+    outbound.ensure_allowed(None, metrics, None, None, cfg.privacy, kind="query")
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def handle_train(msg: Message, context: Context, overrides: Mapping[str, Any] | None = None) -> Message:
+    cfg = load_config(context, overrides)
+    settings = resolve_settings(context.node_config, cfg)
+    config = dict(msg.content["config"])
+    server_round = int(config["server-round"])
+    arrays_in = _numpy(msg.content["arrays"])
+    t_arrays, t_config = site_data.load_teacher(settings.state_dir, str(config["teacher-version"]))
+    teacher, a_img, a_txt = unpack_teacher(t_arrays, t_config)
+    names = trainable_names(teacher, cfg.train_params)
+    expected = {n: tuple(p.shape) for n, p in teacher.named_parameters() if n in names}
+    if list(arrays_in) != names or any(tuple(arrays_in[n].shape) != expected[n] for n in names):
+        raise ValueError(f"{settings.site}: the server's student arrays {list(arrays_in)[:4]} do not match this "
+                         f"site's trainable parameters {names[:4]} (train-params={cfg.train_params!r})")
+    state = _state(context)
+    metrics: dict[str, int | float] = {"site": settings.partition_id, "server-round": server_round}
+    try:
+        led = open_ledger(settings, cfg)
+        check_continuity(led, int(state["ledger-entries"]))
+    except LedgerError as ex:  # corrupt, rolled back, or a budget raised from outside: fail closed
+        return _reply(msg, arrays_in, metrics, outbound.REFUSED, str(ex), expected, cfg)
+    plan = plan_round(led, cfg, server_round, config, int(state["last-round"]))
+    if plan.refuse:
+        led.record(server_round, [], "refused")
+        led.save(settings.ledger_path())
+        _remember(state, led, server_round)
+        metrics.update(led.to_metrics(server_round))
+        return _reply(msg, arrays_in, metrics, outbound.REFUSED, plan.reason, expected, cfg)
+    n_planned = len(led.record(server_round, plan.spends, "crashed")) if led else 0  # write-ahead
+    if led:
+        led.save(settings.ledger_path())
+        _remember(state, led, server_round)
+    site = site_data.site_features(settings, cfg, t_config["backbone"])
+    student = clone_heads(teacher)
+    load_arrays(student, arrays_in)
+    seed = cfg.seed * 1_000_003 + settings.partition_id * 1_009 + server_round
+    result = run_local_round(student, teacher, a_img, a_txt, site, names, cfg, plan.dp_sgd_noise, seed)
+    if led:
+        ran = [(s.mechanism, s.noise_multiplier, s.sample_rate, s.steps) for s in result.spends] if led.unit == "record" else None
+        planned = [(s.mechanism, s.noise_multiplier, s.sample_rate, s.steps) for s in plan.spends]
+        if ran is not None and ran != planned:
+            raise RuntimeError(f"{settings.site}: the round ran {ran}, not the planned {planned}; the ledger keeps the plan")
+        led.entries[-n_planned:] = [replace(e, status="trained") for e in led.entries[-n_planned:]]
+        led.save(settings.ledger_path())
+        metrics.update(led.to_metrics(server_round))
+    update = result.arrays
+    if cfg.privacy == "site":  # the site clips its own update too: it does not rely on the server's mod config
+        update = _clip(update, arrays_in, cfg.clip_norm)
+    if cfg.privacy == "none":
+        metrics.update({"loss": float(result.loss), "records": int(site.n_images)})
+    metrics["num-examples"] = int(site.n_images) if cfg.privacy == "none" else 1
+    return _reply(msg, update, metrics, outbound.TRAINED, "", expected, cfg)
+
+
+def _remember(state: ConfigRecord, led, server_round: int) -> None:
+    state["ledger-entries"] = len(led.entries)
+    state["epsilon"] = float(led.epsilon())
+    state["last-round"] = int(server_round)
+
+
+def _clip(update: dict[str, np.ndarray], base: dict[str, np.ndarray], clip: float) -> dict[str, np.ndarray]:
+    delta = {k: update[k].astype(np.float64) - base[k] for k in base}
+    scale = min(1.0, clip / max(global_norm(delta), 1e-12))
+    return {k: (base[k] + scale * delta[k]).astype(np.float32) for k in base}
+
+
+def _reply(msg: Message, arrays: dict[str, np.ndarray], metrics: dict, status: int, reason: str,
+           expected: dict[str, tuple], cfg: FedConfig) -> Message:
+    metrics = {**metrics, "status": status}
+    metrics.setdefault("num-examples", 1)
+    status_rec = {"status": outbound.STATUS_NAMES[status], "reason": reason[: outbound.MAX_REASON]}
+    shapes = {k: tuple(np.asarray(v).shape) for k, v in arrays.items()}
+    outbound.ensure_allowed(shapes, metrics, status_rec, expected, cfg.privacy)  # fail closed: nothing else leaves
+    content = RecordDict({
+        "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()}),
+        "metrics": MetricRecord(metrics),
+        "status": ConfigRecord(status_rec),
+    })
+    return Message(content, reply_to=msg)

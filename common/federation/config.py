@@ -1,0 +1,170 @@
+"""The federation's run configuration: one dataclass, kebab-case keys on the wire.
+
+`FedConfig` is the single source of the defaults. pyproject.toml's
+``[tool.flwr.app.config]`` lists the same keys with the same values (a test
+checks it), because `flwr run` reads them from there, while Flower's
+`run_simulation` passes an empty run config and the apps fall back to these
+defaults. Keys are kebab-case (``noise-multiplier``); attributes are
+snake_case (``noise_multiplier``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+PRIVACY_MODES = ("none", "record", "site")
+LOSS_MODES = ("full", "per-record")
+PARTITIONS = ("by-identity", "dirichlet", "by-style")
+TRAIN_PARAM_PRESETS = ("last", "all")
+
+
+class ConfigError(ValueError):
+    """A run configuration that must not run (unknown key, bad value, unsafe combination)."""
+
+
+@dataclass
+class FedConfig:
+    # --- what to run on (no defaults make sense; `flwr run` users pass them with -c) ---
+    data_dir: str = ""  # folder holding one subfolder per domain
+    target: str = ""  # target domain; its train split is dealt out to the sites
+    teacher: str = ""  # source-pretrained checkpoint folder (server side only)
+    source: str = ""  # "" = the source domain recorded in the teacher checkpoint (anchor bank)
+    backbone: str = ""  # "" = the backbone recorded in the teacher checkpoint
+    cache_dir: str = ""  # frozen-trunk feature cache; "" = $FEDGCKD_CACHE or ~/.cache/fedgckd
+    out_dir: str = "runs/federated"  # server outputs: model, metrics.json, ledger.json
+    state_dir: str = "runs/federated/sites"  # site state (ledger, teacher cache), one subfolder per site
+    # --- federation shape ---
+    sites: int = 3  # simulated sites (partitions); small so a laptop runs it
+    sites_per_round: int = 0  # 0 = every site every round (accounted with q=1); k < sites = Poisson sampling at rate k/sites
+    rounds: int = 3  # server rounds; a handful suffice for small heads started from a good teacher
+    seed: int = 0
+    # --- method ---
+    mode: str = "per-record"  # per-record: each record's loss reads only itself and public data (the record-DP form)
+    local_steps: int = 20  # steps per site per round; ~1 epoch of a 1,300-record site at rate 0.05
+    lr: float = 0.0  # 0 = the optimiser's own default: SGD 0.05 under DP-SGD, AdamW 3e-4 otherwise
+    batch_size: int = 64  # records per step when not under DP-SGD (as in one-machine adaptation)
+    teacher_momentum: float = 0.8  # EMA per round; ~0.99 per step over 20 local steps, as in one-machine CMKD
+    anchors: int = 1024  # source anchors per modality; public, sent once per teacher version
+    prototypes: int = 8  # DP k-means prototypes per modality (per-record mode); few, so each has members
+    prototype_iters: int = 1  # noisy Lloyd iterations per round; each one is a Gaussian release
+    prototype_noise: float = 10.0  # their noise multiplier; 2 releases/round cost ~0.1 eps/round at delta 1e-5
+    train_params: str = "last"  # "last" (last Linear of each head), "all", or comma-separated name prefixes
+    partition: str = "dirichlet"  # non-IID by default
+    alpha: float = 0.5  # Dirichlet concentration; 0.5 is the usual "clearly non-IID" setting
+    # --- privacy ---
+    privacy: str = "record"  # none | record (DP-SGD per site) | site (clipped updates + central noise)
+    epsilon: float = 8.0  # per-site budget over the whole run; a common middle ground for DP-SGD
+    delta: float = 1e-5  # below 1/records of a typical site
+    noise_multiplier: float = 0.0  # > 0 overrides the noise derived from epsilon
+    clip_norm: float = 1.0  # per-record gradient bound (record) or per-site update bound (site)
+    sample_rate: float = 0.05  # Poisson rate of DP-SGD at each site
+    accountant: str = "rdp"  # Opacus RDP is primary (DESIGN.md section 4)
+    # --- server-side checks ---
+    max_update_norm: float = 0.0  # 0 = automatic (site: clip-norm; otherwise 2 x norm of the broadcast)
+    server_eval: bool = True  # R1/mAP on the target val split each round (reporting only; never selects)
+
+    # ---- conversion ----------------------------------------------------------------------
+    @staticmethod
+    def key(name: str) -> str:
+        return name.replace("_", "-")
+
+    def to_run_config(self) -> dict[str, Any]:
+        return {self.key(f.name): getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any] | None = None, **overrides) -> "FedConfig":
+        """Defaults, then `run_config` (kebab-case), then `overrides` (kebab- or snake_case)."""
+        by_key = {cls.key(f.name): f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for source in (run_config or {}, overrides):
+            for k, v in source.items():
+                f = by_key.get(cls.key(str(k)))
+                if f is None:
+                    raise ConfigError(f"unknown run-config key {k!r}; known keys: {', '.join(sorted(by_key))}")
+                values[f.name] = _coerce(f, v)
+        return cls(**values)
+
+    def replace(self, **changes) -> "FedConfig":
+        return dataclasses.replace(self, **changes)
+
+    # ---- derived -------------------------------------------------------------------------
+    @property
+    def loss_mode(self) -> str:
+        """The mode name the training code uses ("full" / "per_record")."""
+        return self.mode.replace("-", "_")
+
+    @property
+    def sampled_per_round(self) -> int:
+        return self.sites if self.sites_per_round in (0, self.sites) else self.sites_per_round
+
+    @property
+    def site_sampling(self) -> str:
+        """'none' (every site, q=1) or 'poisson' (each site independently at rate k/sites)."""
+        return "none" if self.sampled_per_round == self.sites else "poisson"
+
+    # ---- checks ----------------------------------------------------------------------------
+    def validate(self) -> "FedConfig":
+        """Raise ConfigError on a bad value or an unsafe combination; returns self."""
+        self.mode = self.mode.replace("_", "-")
+        _one_of("privacy", self.privacy, PRIVACY_MODES)
+        _one_of("mode", self.mode, LOSS_MODES)
+        _one_of("partition", self.partition, PARTITIONS)
+        _one_of("accountant", self.accountant, ("rdp", "prv"))
+        if self.privacy == "record" and self.mode != "per-record":
+            raise ConfigError(
+                "privacy=record needs mode=per-record: in full mode a record's loss reads other private records "
+                "(graph edges, in-batch negatives, queue), so the DP-SGD guarantee would not hold; "
+                "use mode=per-record, or privacy=site for the full graph")
+        checks = [
+            ("sites", self.sites >= 1), ("rounds", self.rounds >= 1), ("local-steps", self.local_steps >= 1),
+            ("sites-per-round", 0 <= self.sites_per_round <= self.sites),
+            ("epsilon", self.epsilon > 0 and math.isfinite(self.epsilon)), ("delta", 0 < self.delta < 1),
+            ("noise-multiplier", self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)),
+            ("clip-norm", self.clip_norm > 0), ("sample-rate", 0 < self.sample_rate <= 1),
+            ("teacher-momentum", 0 <= self.teacher_momentum <= 1), ("anchors", self.anchors >= 1),
+            ("prototypes", self.prototypes >= 0), ("prototype-iters", self.prototype_iters >= 0),
+            ("prototype-noise", self.prototype_noise > 0 or self.prototypes == 0 or self.prototype_iters == 0),
+            ("alpha", self.alpha > 0), ("lr", self.lr >= 0), ("batch-size", self.batch_size >= 1),
+            ("max-update-norm", self.max_update_norm >= 0), ("train-params", bool(self.train_params.strip())),
+        ]
+        bad = [name for name, ok in checks if not ok]
+        if bad:
+            shown = ", ".join(f"{n}={getattr(self, n.replace('-', '_'))!r}" for n in bad)
+            raise ConfigError(f"invalid run config: {shown}")
+        return self
+
+    def require(self, *names: str) -> None:
+        """Raise ConfigError naming every listed key that is empty."""
+        missing = [self.key(n) for n in names if not getattr(self, n.replace("-", "_"))]
+        if missing:
+            raise ConfigError(f"run config is missing {', '.join(missing)} (pass e.g. -c \"{missing[0]}='...'\")")
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _coerce(f: dataclasses.Field, v: Any) -> Any:
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    try:
+        if kind == "bool":
+            if isinstance(v, str):
+                if v.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(v)
+                return v.lower() in ("true", "1")
+            return bool(v)
+        if isinstance(v, bool):
+            raise ValueError("a boolean is not a number")
+        if kind == "int":
+            if float(v) != int(float(v)):
+                raise ValueError("not an integer")
+            return int(float(v))
+        if kind == "float":
+            return float(v)
+        return str(v)
+    except (TypeError, ValueError) as ex:
+        raise ConfigError(f"run-config key {FedConfig.key(f.name)!r}: cannot read {v!r} as {kind} ({ex})") from None

@@ -1,0 +1,84 @@
+"""One site's local round: from the broadcast student and the round's teacher to a trained student.
+
+The teacher is fixed within a round (the server keeps its EMA across rounds),
+so GMP targets are computed once, over the site's teacher embeddings and the
+broadcast anchors (plus DP prototypes in per-record mode).
+
+- privacy ``record``: per-record GMP and per-record CMKD (`RecordLoss`) under
+  Opacus DP-SGD (`train_record_level`: Poisson sampling, ghost clipping).
+  The DP k-means prototype releases and the DP-SGD steps are both returned
+  as ledger spends.
+- privacy ``none`` / ``site``: the one-machine GCKD loop (`adapt`) for
+  ``local_steps`` steps from the global student, any mode. Under ``site`` the
+  caller clips the update (and the server adds the noise).
+
+Only the parameters named in ``names`` train; the rest of the student keeps
+the broadcast values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from common.federation.config import FedConfig
+from common.federation.payload import FixedAnchors
+from common.federation.trainable import get_arrays, set_trainable
+from common.losses.cmkd import CMKDConfig
+from common.models.feature_cache import FeatureSet
+from common.models.heads import DualHeads
+from common.privacy.accounting import merge_history
+from common.privacy.ledger import Spend
+from common.train.adapt import AdaptConfig, adapt, refine
+from common.train.record_level_dp import RecordLevelConfig, train_record_level
+from common.train.record_pack import RecordLoss, RecordPack, pack_texts, teacher_targets
+from common.train.site_context import build_site_context
+
+SGD_LR = 0.05  # RecordLevelConfig's default: plain SGD on noisy averaged gradients
+ADAMW_LR = 3e-4  # AdaptConfig's default: heads moving from a good source solution
+
+
+@dataclass
+class LocalResult:
+    arrays: dict  # name -> float32 ndarray, the trained values of `names`
+    spends: list[Spend] = field(default_factory=list)  # what actually ran (record-level mechanisms)
+    loss: float = float("nan")
+
+
+def adapt_config(cfg: FedConfig, seed: int) -> AdaptConfig:
+    return AdaptConfig(mode=cfg.loss_mode, lr=cfg.lr or ADAMW_LR, batch_size=cfg.batch_size,
+                       momentum=1.0,  # teacher fixed within the round; the server's EMA moves it
+                       refresh_steps=10**9,  # fixed teacher: its GMP targets are computed once
+                       seed=seed, prototypes=cfg.prototypes, prototype_iters=cfg.prototype_iters,
+                       prototype_noise=cfg.prototype_noise)
+
+
+def run_local_round(student: DualHeads, teacher: DualHeads, anchor_images: torch.Tensor, anchor_texts: torch.Tensor,
+                    site: FeatureSet, names: list[str], cfg: FedConfig, dp_sgd_noise: float, seed: int) -> LocalResult:
+    """Train `student` (in place for record-level DP) and return its trained arrays."""
+    if (site.image_pids >= 0).any() or (site.text_pids >= 0).any():
+        raise ValueError("a site's training must not see identity labels: pass FeatureSet.without_labels()")
+    if cfg.privacy == "record" and cfg.loss_mode != "per_record":
+        raise ValueError("record-level DP runs only in per-record mode")
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    set_trainable(student, names)
+    bank = FixedAnchors(anchor_images, anchor_texts)
+    acfg = adapt_config(cfg, seed)
+    if cfg.privacy != "record":
+        trained, log = adapt(teacher, site, bank, acfg, student=student, steps=cfg.local_steps)
+        return LocalResult(get_arrays(trained, names), [], float(log["epochs"][-1]["loss"]) if log["epochs"] else float("nan"))
+    ctx = build_site_context(teacher, site, bank, acfg, gen)
+    r_img, r_txt = refine(teacher, site, ctx, acfg)
+    pack = RecordPack.from_features(site)
+    targets = teacher_targets(r_img, pack_texts(r_txt, site.text_to_image, pack))
+    criterion = RecordLoss(ctx.public_images(), ctx.public_texts(), CMKDConfig(), teacher.cfg.out_dim)
+    rl = RecordLevelConfig(noise_multiplier=dp_sgd_noise, clip_norm=cfg.clip_norm, sample_rate=cfg.sample_rate,
+                           steps=cfg.local_steps, lr=cfg.lr or SGD_LR)
+    student.train()
+    history, stats = train_record_level(student, pack, targets, criterion, rl, gen)
+    student.eval()
+    spends = [Spend("dp-kmeans-prototypes", s, q, n) for s, q, n in merge_history(ctx.privacy_history)]
+    spends += [Spend("dp-sgd", s, q, n, cfg.clip_norm) for s, q, n in history]
+    return LocalResult(get_arrays(student, names), spends, float(stats["loss"]))

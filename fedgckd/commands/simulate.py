@@ -1,0 +1,99 @@
+"""`fedgckd simulate`: a Flower simulation of the federation on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from fedgckd.commands.common_options import CACHE_HELP, user_errors
+from fedgckd.progress import console, progress_bar
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(simulate)
+
+
+def _read_preset(path: Path) -> dict:
+    import tomllib
+
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    return data.get("run-config", data)
+
+
+def simulate(
+    data: Path = typer.Option(..., "--data", help="Data folder holding one subfolder per domain/dataset."),
+    teacher: Path = typer.Option(..., "--teacher", help="Source-pretrained checkpoint (from `fedgckd pretrain`)."),
+    target: str = typer.Option(..., "--target", help="Target domain; its train split is dealt out to the sites (labels only to split)."),
+    out: Path = typer.Option(..., "--out", help="Run folder: model/, teacher/, metrics.json, ledger.json, sites.json."),
+    sites: int = typer.Option(3, "--sites", help="Number of simulated sites."),
+    rounds: int = typer.Option(3, "--rounds", help="Server rounds."),
+    privacy: str = typer.Option("record", "--privacy", help="record (DP-SGD at each site), site (clipped updates + central noise) or none."),
+    epsilon: float = typer.Option(8.0, "--epsilon", help="Privacy budget per site for the whole run."),
+    delta: float = typer.Option(1e-5, "--delta"),
+    mode: str = typer.Option(None, "--mode", help="full or per-record (default: per-record; record-level DP allows only per-record)."),
+    backbone: str = typer.Option(None, "--backbone", help="Backbone (default: the one recorded in the teacher checkpoint)."),
+    sites_per_round: int = typer.Option(0, "--sites-per-round", help="0 = all sites every round; k < sites = each site sampled with probability k/sites (Poisson)."),
+    local_steps: int = typer.Option(None, "--local-steps", help="Local steps per site per round."),
+    noise_multiplier: float = typer.Option(None, "--noise-multiplier", help="> 0 overrides the noise derived from --epsilon."),
+    clip_norm: float = typer.Option(None, "--clip-norm"),
+    sample_rate: float = typer.Option(None, "--sample-rate", help="DP-SGD Poisson sampling rate at each site."),
+    partition: str = typer.Option(None, "--partition", help="dirichlet (default, non-IID), by-identity or by-style."),
+    seed: int = typer.Option(0, "--seed"),
+    state_dir: Path = typer.Option(None, "--state-dir", help="Site state (ledgers, teacher cache); default OUT/sites. A site continues its ledger there."),
+    preset: Path = typer.Option(None, "--config", help="A TOML file of run-config keys (e.g. simulations/configs/*.toml); options given here win."),
+    setting: list[str] = typer.Option([], "--set", help="Any other run-config key, as KEY=VALUE (repeatable)."),
+    cpus: int = typer.Option(None, "--cpus", help="CPUs for the simulation engine (default: min(cores, sites))."),
+    cache: Path = typer.Option(None, "--cache", help=CACHE_HELP),
+    verbose: bool = typer.Option(False, "--verbose", help="Show Flower's INFO log."),
+) -> None:
+    """Federated GCKD adaptation: a server, SITES simulated sites, ROUNDS rounds, under the chosen privacy."""
+    from common.federation.config import FedConfig
+    from simulations.runner import SimulationFailed, prepare, simulate as run
+
+    given = {"data-dir": str(data), "teacher": str(teacher), "target": target, "out-dir": str(out), "sites": sites,
+             "rounds": rounds, "privacy": privacy, "epsilon": epsilon, "delta": delta, "mode": mode,
+             "backbone": backbone, "sites-per-round": sites_per_round, "local-steps": local_steps,
+             "noise-multiplier": noise_multiplier, "clip-norm": clip_norm, "sample-rate": sample_rate,
+             "partition": partition, "seed": seed, "cache-dir": str(cache) if cache else None,
+             "state-dir": str(state_dir or out / "sites")}
+    with user_errors():
+        base = _read_preset(preset) if preset else {}
+        for item in setting:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+            base[key.strip()] = value.strip()
+        cfg = FedConfig.from_run_config(base, **{k: v for k, v in given.items() if v is not None}).validate()
+        with console.status("preparing features and sites"):
+            info = prepare(cfg, progress=progress_bar)
+        console.print("sites: " + ", ".join(f"{s['site']}: {s['records']} records" for s in info["sites"]))
+        try:
+            with progress_bar(f"federation ({cfg.privacy}, {cfg.mode})") as bar:
+                bar(0, cfg.rounds)
+                result = run(cfg, on_round=lambda r, n, i: bar(r, n, i), num_cpus=cpus, verbose=verbose)
+        except SimulationFailed as ex:
+            console.print(f"[bold red]simulation failed:[/] {ex}")
+            raise typer.Exit(1) from None
+    _report(result, out)
+
+
+def _report(result: dict, out: Path) -> None:
+    table = Table("round", "R1", "mAP", "trained", "refused", "rejected", "errors", "bytes from each site")
+    for r in result["rounds"]:
+        up = sorted(set(r.get("bytes_from_site", {}).values()))
+        table.add_row(str(r["round"]), f"{r.get('R1', float('nan')):.2f}", f"{r.get('mAP', float('nan')):.2f}",
+                      str(len(r["trained"])), ", ".join(r["refused"]) or "-", ", ".join(r["rejected"]) or "-",
+                      ", ".join(r["errors"]) or "-", ", ".join(map(str, up)) or "-")
+    console.print(table)
+    sizes = result["model_bytes"]
+    console.print(f"update {sizes['update_bytes']:,} B = {100 * sizes['update_fraction_of_full_model']:.2f}% "
+                  f"of the full model ({sizes['full_model_bytes']:,} B incl. frozen trunks)")
+    from common.atomic import read_json
+
+    eps = read_json(out / "ledger.json").get("final_epsilon", {})
+    if eps:
+        console.print("epsilon per site: " + ", ".join(f"{s} {e:.3f}" for s, e in sorted(eps.items())))
+    console.print(f"wrote {out}/model, metrics.json, ledger.json ({result.get('wall_s', 0):.1f}s)")

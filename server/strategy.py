@@ -1,0 +1,195 @@
+"""The FedGCKD strategy: FedAvg with teacher broadcast, site sampling, update checks and honest weights.
+
+Per round (`configure_train`):
+1. sample sites: all of them (accounted with q = 1), or each site
+   independently with probability k/N (Poisson, what the site-level
+   accountant's amplification assumes);
+2. send each sampled site the current teacher (``query.teacher``) unless it
+   already holds that version; a site that fails (e.g. trunk fingerprint
+   mismatch) is left out of the round and the failure is logged;
+3. send the global student's trainable arrays (``train``).
+
+`aggregate_train` sets aside errors and refusals (logged with their reason),
+checks every update (`common.federation.validation`) and rejects bad ones
+(logged), then aggregates the rest:
+- privacy none: weighted by the sites' record counts (FedAvg);
+- privacy record: equal weights (sites do not release their sizes);
+- privacy site: broadcast + (sum of clipped deltas) / k with a FIXED k (the
+  expected number of sampled sites), so that one site moves the sum by at
+  most the clip norm and Flower's DP wrapper's noise (std sigma*S/k on the
+  average) is the calibrated Gaussian mechanism on the sum.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
+
+from common.federation.config import FedConfig
+from common.federation.outbound import REFUSED
+from common.federation.validation import max_delta_norm, validate_update
+from common.privacy.ledger import Spend
+from common.privacy.ledger_metrics import from_metrics
+from server.run_log import RunLog
+from server.task import ServerTask
+
+log = logging.getLogger("fedgckd.server")
+QUERY_TEACHER = "query.teacher"
+
+
+def nbytes(record: ArrayRecord) -> int:
+    return int(sum(len(a.data) for a in record.values()))
+
+
+class FedGCKD(FedAvg):
+    def __init__(self, task: ServerTask, run_log: RunLog, cfg: FedConfig, site_noise: float = 0.0,
+                 site_rate: float = 1.0, timeout: float = 3600):
+        super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=cfg.sites)
+        self.task, self.log, self.cfg = task, run_log, cfg
+        self.site_noise, self.site_rate, self.timeout = site_noise, site_rate, timeout
+        self.rng = np.random.default_rng(cfg.seed)
+        self.node_site: dict[int, str] = {}
+        self.node_version: dict[int, str] = {}
+        self.broadcast: dict[str, np.ndarray] = {}
+        self.took_part: set[str] = set()
+
+    def site_of(self, node: int) -> str:
+        return self.node_site.get(node, f"node-{node}")
+
+    # -- configure -------------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        self.log.start_round(server_round)
+        nodes, _ = sample_nodes(grid, self.cfg.sites, self.cfg.sites)
+        nodes = sorted(nodes)
+        if self.cfg.site_sampling == "poisson":
+            q = self.cfg.sampled_per_round / self.cfg.sites
+            nodes = [n for n in nodes if self.rng.random() < q]
+        nodes = self._send_teacher(grid, nodes, server_round)
+        self.broadcast = {k: v.numpy() for k, v in arrays.items()}
+        self.took_part = set()
+        config["server-round"] = server_round
+        config["teacher-version"] = self.task.teacher_version
+        if self.cfg.privacy == "site":
+            config["site-noise-multiplier"] = float(self.site_noise)
+            config["site-sample-rate"] = float(self.site_rate)
+        self.log.sampled([self.site_of(n) for n in nodes])
+        for n in nodes:
+            self.log.sent(self.site_of(n), nbytes(arrays))
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, nodes, MessageType.TRAIN)
+
+    def _send_teacher(self, grid: Grid, nodes: list[int], server_round: int) -> list[int]:
+        arrays, tcfg = self.task.teacher_payload()
+        version = tcfg["teacher-version"]
+        need = [n for n in nodes if self.node_version.get(n) != version]
+        if need:
+            record = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                                 "config": ConfigRecord(dict(tcfg))})
+            size = nbytes(record["arrays"])
+            msgs = [Message(content=record, message_type=QUERY_TEACHER, dst_node_id=n) for n in need]
+            for reply in grid.send_and_receive(msgs, timeout=self.timeout):
+                node = reply.metadata.src_node_id
+                if reply.has_error():
+                    self.log.event(server_round, self.site_of(node), "error", f"teacher query: {reply.error.reason}"[:500])
+                    log.warning("site %s failed the teacher query: %s", self.site_of(node), reply.error.reason)
+                    continue
+                metrics = next(iter(reply.content.metric_records.values()))
+                self.node_site[node] = f"site-{int(metrics['site'])}"
+                self.node_version[node] = version
+                self.log.sent(self.site_of(node), size, teacher=True)
+        return [n for n in nodes if self.node_version.get(n) == version]
+
+    # -- aggregate -------------------------------------------------------------------------
+    def note_errors(self, server_round: int, replies: list[Message]) -> None:
+        for r in replies:
+            site = self.site_of(r.metadata.src_node_id)
+            self.log.event(server_round, site, "error", str(r.error.reason)[:500])
+            log.warning("round %d: %s failed: %s", server_round, site, str(r.error.reason)[-500:])
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        self.note_errors(server_round, [r for r in replies if r.has_error()])
+        bound = max_delta_norm(self.cfg.privacy, self.cfg.clip_norm, self.cfg.max_update_norm, self.broadcast)
+        accepted: list[tuple[dict[str, np.ndarray], float]] = []
+        refused = rejected = 0
+        for msg in (r for r in replies if not r.has_error()):
+            site = self.site_of(msg.metadata.src_node_id)
+            content = msg.content
+            for rec in content.array_records.values():
+                self.log.received(site, nbytes(rec))
+            metrics = dict(next(iter(content.metric_records.values()), {})) if content.metric_records else {}
+            if "ledger.n" in metrics:
+                try:
+                    self.log.site_ledger(site, from_metrics(metrics, site))
+                except Exception as ex:  # a malformed ledger report is itself a reason to reject
+                    self.log.event(server_round, site, "rejected", f"malformed ledger metrics: {ex}")
+                    rejected += 1
+                    continue
+            if metrics.get("status") == REFUSED:
+                status = content.config_records.get("status")
+                reason = str(status["reason"]) if status is not None and "reason" in status else "refused"
+                self.log.event(server_round, site, "refused", reason)
+                log.info("round %d: %s refused: %s", server_round, site, reason)
+                refused += 1
+                continue
+            if len(content.array_records) != 1:
+                self.log.event(server_round, site, "rejected", f"{len(content.array_records)} array records, expected 1")
+                rejected += 1
+                continue
+            update = {k: v.numpy() for k, v in next(iter(content.array_records.values())).items()}
+            verdict = validate_update(update, self.broadcast, bound)
+            if not verdict.ok:
+                self.log.event(server_round, site, "rejected", verdict.reason)
+                log.warning("round %d: rejected the update of %s: %s", server_round, site, verdict.reason)
+                rejected += 1
+                continue
+            weight = float(metrics.get("num-examples", 1)) if self.cfg.privacy == "none" else 1.0
+            accepted.append((update, weight))
+            self.took_part.add(site)
+            self.log.trained(site, verdict.delta_norm)
+        self._account_site_level(server_round)
+        summary = MetricRecord({"accepted": len(accepted), "refused": refused, "rejected": rejected,
+                                "errors": sum(r.has_error() for r in replies)})
+        if not accepted or not weight_ok(accepted):
+            return None, summary
+        return ArrayRecord({k: Array(v) for k, v in self._combine(accepted).items()}), summary
+
+    def _combine(self, accepted: list[tuple[dict[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
+        base = {k: np.asarray(v, dtype=np.float64) for k, v in self.broadcast.items()}
+        if self.cfg.privacy == "site":  # fixed denominator: sensitivity S on the sum, whoever took part
+            k = self.cfg.sampled_per_round
+            return {n: (base[n] + sum(u[n] - base[n] for u, _ in accepted) / k).astype(np.float32) for n in base}
+        total = sum(w for _, w in accepted)
+        return {n: (sum(w * u[n].astype(np.float64) for u, w in accepted) / total).astype(np.float32) for n in base}
+
+    def _account_site_level(self, server_round: int) -> None:
+        if self.cfg.privacy != "site":
+            return
+        sites = [f"site-{i}" for i in range(self.cfg.sites)]
+        spend = Spend("site-update-gaussian", self.site_noise, self.site_rate, 1, self.cfg.clip_norm)
+        self.log.server_site_level(server_round, sites, spend, self.took_part, self.cfg.site_sampling == "poisson",
+                                   self.cfg.delta, self.cfg.epsilon)
+
+
+def weight_ok(accepted) -> bool:
+    return sum(w for _, w in accepted) > 0
+
+
+class SiteLevelDP(DifferentialPrivacyClientSideFixedClipping):
+    """Flower's client-side fixed-clipping DP wrapper around `FedGCKD`.
+
+    Error replies are logged and set aside before the wrapper sees them: the
+    wrapper would otherwise skip the whole round's aggregation for one failed
+    site. Leaving a site out only removes its (bounded) term from the sum.
+    """
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        self.strategy.note_errors(server_round, [r for r in replies if r.has_error()])
+        return super().aggregate_train(server_round, [r for r in replies if not r.has_error()])

@@ -1,0 +1,99 @@
+"""What the server holds: the teacher (EMA), the global student, the public anchor bank, target val.
+
+- teacher: starts as the source-pretrained checkpoint; after every round it
+  moves toward the aggregated student, ``teacher = m * teacher + (1 - m) * student``
+  on the trainable parameters (the rest of both is the checkpoint's, bit for bit);
+- global student: the checkpoint's heads with the aggregated trainable arrays;
+- anchor bank: trunk features of a subset of the source train split (public
+  to the server); what travels is the current teacher's embeddings of it;
+- target val: only for the per-round R1/mAP report (never used to select).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.checkpoint import Checkpoint, clone_heads, load_checkpoint, save_checkpoint
+from common.federation.config import FedConfig
+from common.federation.payload import pack_teacher
+from common.federation.trainable import get_arrays, load_arrays, size_report, trainable_names
+from common.models.backbones import build_backbone
+from common.pipeline import domain_features
+from common.train.pretrain import evaluate_heads
+from common.train.site_context import PublicBank
+
+
+class ServerTask:
+    def __init__(self, cfg: FedConfig, features=None):
+        """`features(backbone, data_dir, domain, split)` -> FeatureSet; default reads the feature cache."""
+        cfg.require("data_dir", "target", "teacher")
+        self.cfg = cfg
+        ckpt = load_checkpoint(cfg.teacher)
+        self.backbone = build_backbone(cfg.backbone or ckpt.backbone)
+        self.fingerprint = self.backbone.fingerprint()
+        self.ckpt = load_checkpoint(cfg.teacher, expect_fingerprint=self.fingerprint)
+        src = self.ckpt.meta.get("source", {})
+        source = cfg.source or src.get("domain")
+        if not source:
+            raise ValueError(f"{cfg.teacher}: the checkpoint records no source domain; set source=... in the run config")
+        cache = Path(cfg.cache_dir) if cfg.cache_dir else None
+        feats = features or (lambda bb, d, dom, split, labels=True: domain_features(bb, d, dom, split, labels=labels, cache_dir=cache))
+        # the source's data folder: the run's data dir if it holds the domain, else where the teacher was trained
+        src_data = cfg.data_dir if cfg.source or (Path(cfg.data_dir) / source).is_dir() else src.get("data", cfg.data_dir)
+        src_fs = feats(self.backbone, src_data, source, "train")
+        self.bank = PublicBank.from_source(src_fs, cfg.anchors, seed=cfg.seed)
+        self.val = feats(self.backbone, cfg.data_dir, cfg.target, "val") if cfg.server_eval else None
+        self.teacher = clone_heads(self.ckpt.heads).eval()
+        self.student = clone_heads(self.ckpt.heads).eval()
+        self.names = trainable_names(self.teacher, cfg.train_params)
+        self.sizes = size_report(self.backbone, self.teacher, self.names)
+        self.source = {"domain": source, "anchors": int(len(self.bank.image_feats))}
+        self._payload = None
+
+    # -- what travels ----------------------------------------------------------------------
+    def student_arrays(self) -> dict[str, np.ndarray]:
+        return get_arrays(self.student, self.names)
+
+    def teacher_payload(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(arrays, config) of the current teacher version; computed once per version."""
+        if self._payload is None:
+            a_img, a_txt = self.bank.embed(self.teacher)
+            self._payload = pack_teacher(self.teacher, a_img, a_txt, self.backbone.name, self.fingerprint)
+        return self._payload
+
+    @property
+    def teacher_version(self) -> str:
+        return self.teacher_payload()[1]["teacher-version"]
+
+    # -- after a round ---------------------------------------------------------------------
+    @torch.no_grad()
+    def end_round(self, arrays: dict[str, np.ndarray]) -> None:
+        """Adopt the aggregated student and move the teacher toward it (EMA)."""
+        load_arrays(self.student, arrays)
+        m = self.cfg.teacher_momentum
+        t_params, s_params = dict(self.teacher.named_parameters()), dict(self.student.named_parameters())
+        for n in self.names:
+            t_params[n].mul_(m).add_(s_params[n], alpha=1 - m)
+        self._payload = None
+
+    def evaluate(self) -> dict:
+        """Student and teacher on the target val split (reporting only)."""
+        if self.val is None:
+            return {}
+        s, t = evaluate_heads(self.student, self.val), evaluate_heads(self.teacher, self.val)
+        return {"R1": s["R1"], "R5": s["R5"], "mAP": s["mAP"], "mINP": s["mINP"],
+                "teacher_R1": t["R1"], "teacher_mAP": t["mAP"]}
+
+    def save_models(self, out: Path, meta: dict) -> dict[str, Path]:
+        bb, ck = self.backbone, self.ckpt
+        paths = {}
+        for role, heads in (("model", self.student), ("teacher", self.teacher)):
+            m = {"role": "student" if role == "model" else "teacher-ema", "source": ck.meta.get("source", {}),
+                 "target": {"data": self.cfg.data_dir, "domain": self.cfg.target}, "teacher": self.cfg.teacher,
+                 "federation": meta}
+            paths[role] = save_checkpoint(Checkpoint(heads, bb.name, self.fingerprint, ck.head_config, ck.text_dim,
+                                                     ck.image_dim, self.cfg.seed, m), Path(out) / role)
+        return paths

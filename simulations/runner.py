@@ -1,0 +1,116 @@
+"""Run a federation as a Flower simulation on this machine (Flower's `run_simulation`, Ray backend).
+
+`prepare` computes every frozen-trunk feature the run needs once, before the
+engine starts (source train for the anchor bank, target train for the sites,
+target val for the server's report), so the simulated sites only read the
+feature cache instead of each running the big towers. It also writes the
+simulation's partition summary (records and identities per site: the
+simulation device knows them; the server never receives them).
+
+`simulate` starts and stops its own engine: `run_simulation` returns when the
+ServerApp finishes; Ray is shut down with it. It passes an empty run config
+to the apps, so the apps are built with the run's settings as overrides.
+Flower turns a failed ServerApp into a log line, so success is judged from
+the files the run must leave (metrics.json with every round, the model).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from common.atomic import atomic_write_json, read_json
+from common.federation.config import FedConfig
+from common.federation.partition import summary
+from common.federation.site_data import partition_featureset
+
+ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+       "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_USAGE_STATS_ENABLED": "0",
+       "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+Progress = Callable[[int, int, dict], None]
+
+
+class SimulationFailed(RuntimeError):
+    pass
+
+
+def prepare(cfg: FedConfig, progress: Callable[[str], Callable] | None = None) -> dict:
+    """Fill the feature cache and write `<out-dir>/sites.json`; returns that summary."""
+    from common.checkpoint import load_checkpoint
+    from common.models.backbones import build_backbone
+    from common.pipeline import domain_features
+
+    cfg.require("data_dir", "target", "teacher")
+    ckpt = load_checkpoint(cfg.teacher)
+    bb = build_backbone(cfg.backbone or ckpt.backbone)
+    load_checkpoint(cfg.teacher, expect_fingerprint=bb.fingerprint())
+    source = cfg.source or ckpt.meta.get("source", {}).get("domain")
+    src_data = cfg.data_dir if cfg.source or (Path(cfg.data_dir) / str(source)).is_dir() else ckpt.meta["source"]["data"]
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else None
+    jobs = [(src_data, source, "train"), (cfg.data_dir, cfg.target, "train")]
+    if cfg.server_eval:
+        jobs.append((cfg.data_dir, cfg.target, "val"))
+    feats = {}
+    for data, domain, split in jobs:
+        with progress(f"features {domain}/{split}") if progress else _null() as update:
+            feats[(domain, split)] = domain_features(bb, data, domain, split, cache_dir=cache, progress=update)
+    target = feats[(cfg.target, "train")]
+    parts = partition_featureset(target, cfg)
+    info = {"partition": cfg.partition, "alpha": cfg.alpha, "seed": cfg.seed, "backbone": bb.name,
+            "note": "identity labels were used only to split the data between simulated sites",
+            "sites": summary(parts, target.image_pids.numpy())}
+    atomic_write_json(Path(cfg.out_dir) / "sites.json", info)
+    return info
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def simulate(cfg: FedConfig, on_round: Progress | None = None, num_cpus: int | None = None,
+             verbose: bool = True) -> dict:
+    """Run the federation; returns metrics.json's content. Raises SimulationFailed if the run left no result.
+
+    verbose=False: Flower's console log at WARNING, and the sites' (Ray actors') output not forwarded.
+    """
+    for k, v in ENV.items():
+        os.environ.setdefault(k, v)
+    import logging
+
+    from flwr.common.logger import update_console_handler
+    from flwr.simulation import run_simulation
+
+    logging.getLogger("flwr").propagate = False  # one copy of each line (Ray adds a root handler)
+    update_console_handler(level="INFO" if verbose else "WARNING")
+
+    from client.app import build_app as build_client
+    from server.app import build_app as build_server
+
+    cfg.validate()
+    out = Path(cfg.out_dir)
+    for stale in ("metrics.json", "ledger.json"):
+        (out / stale).unlink(missing_ok=True)
+    overrides = cfg.to_run_config()
+    t0, started = time.perf_counter(), time.time()
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+               "init_args": {"num_cpus": int(num_cpus or min(os.cpu_count() or 1, cfg.sites)), "log_to_driver": verbose}}
+    run_simulation(server_app=build_server(overrides, on_round), client_app=build_client(overrides),
+                   num_supernodes=cfg.sites, backend_config=backend)
+    wall = time.perf_counter() - t0
+    metrics_file = out / "metrics.json"
+    model = out / "model" / "config.json"
+    if not metrics_file.exists() or not model.exists() or model.stat().st_mtime < started:
+        raise SimulationFailed(f"the simulation left no result in {out} (see the Flower log above)")
+    result = read_json(metrics_file)
+    done = [r["round"] for r in result["rounds"]]
+    if done[-1:] != [cfg.rounds]:
+        raise SimulationFailed(f"the simulation stopped after rounds {done} of {cfg.rounds}")
+    result["wall_s"] = round(wall, 2)
+    atomic_write_json(metrics_file, result)
+    return result
