@@ -21,6 +21,7 @@ for _k, _v in {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}.items():
     os.environ.setdefault(_k, _v)
 
+import numpy as np  # noqa: E402
 from flwr.app import Context, Message  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.clientapp.mod import fixedclipping_mod  # noqa: E402
@@ -31,11 +32,27 @@ CLIPPING_NORM = "clipping_norm"  # the key Flower's DP wrapper sends
 
 
 def clip_when_asked(msg: Message, context: Context, call_next) -> Message:
-    """Flower's fixedclipping_mod, applied only when the server's DP wrapper asked for it."""
+    """Flower's fixedclipping_mod, applied only when the server's DP wrapper asked for it.
+
+    A refusal (or an update equal to the broadcast) goes back as it is: there
+    is nothing to clip, and Flower 1.42's mod divides by the update's norm
+    (ZeroDivisionError on a zero update).
+    """
     configs = msg.content.config_records
-    if len(configs) == 1 and CLIPPING_NORM in next(iter(configs.values())):
-        return fixedclipping_mod(msg, context, call_next)
-    return call_next(msg, context)
+    if not (len(configs) == 1 and CLIPPING_NORM in next(iter(configs.values()))):
+        return call_next(msg, context)
+    reply = call_next(msg, context)
+    if reply.has_error() or _unchanged(msg, reply):
+        return reply
+    return fixedclipping_mod(msg, context, lambda _m, _c: reply)
+
+
+def _unchanged(msg: Message, reply: Message) -> bool:
+    sent, back = msg.content.array_records, reply.content.array_records
+    if len(sent) != 1 or len(back) != 1:
+        return False
+    a, b = next(iter(sent.values())), next(iter(back.values()))
+    return list(a) == list(b) and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
 
 
 def build_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:

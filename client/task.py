@@ -87,14 +87,14 @@ def handle_train(msg: Message, context: Context, overrides: Mapping[str, Any] | 
     if plan.refuse:
         led.record(server_round, [], "refused")
         led.save(settings.ledger_path())
-        _remember(state, led, server_round)
+        _remember(state, led, None)  # a refused round spent nothing; the next one charges from the last spend
         metrics.update(led.to_metrics(server_round))
         return _reply(msg, arrays_in, metrics, outbound.REFUSED, plan.reason, expected, cfg)
+    site = site_data.site_features(settings, cfg, t_config["backbone"])  # loading data releases nothing
     n_planned = len(led.record(server_round, plan.spends, "crashed")) if led else 0  # write-ahead
     if led:
         led.save(settings.ledger_path())
         _remember(state, led, server_round)
-    site = site_data.site_features(settings, cfg, t_config["backbone"])
     student = clone_heads(teacher)
     load_arrays(student, arrays_in)
     seed = cfg.seed * 1_000_003 + settings.partition_id * 1_009 + server_round
@@ -116,10 +116,11 @@ def handle_train(msg: Message, context: Context, overrides: Mapping[str, Any] | 
     return _reply(msg, update, metrics, outbound.TRAINED, "", expected, cfg)
 
 
-def _remember(state: ConfigRecord, led, server_round: int) -> None:
+def _remember(state: ConfigRecord, led, spent_round: int | None) -> None:
     state["ledger-entries"] = len(led.entries)
     state["epsilon"] = float(led.epsilon())
-    state["last-round"] = int(server_round)
+    if spent_round is not None:
+        state["last-round"] = int(spent_round)
 
 
 def _clip(update: dict[str, np.ndarray], base: dict[str, np.ndarray], clip: float) -> dict[str, np.ndarray]:

@@ -23,6 +23,7 @@ checks every update (`common.federation.validation`) and rejects bad ones
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Iterable
 
 import numpy as np
@@ -53,7 +54,8 @@ class FedGCKD(FedAvg):
         super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=cfg.sites)
         self.task, self.log, self.cfg = task, run_log, cfg
         self.site_noise, self.site_rate, self.timeout = site_noise, site_rate, timeout
-        self.rng = np.random.default_rng(cfg.seed)
+        # Which sites a round samples must be unpredictable for the amplification by sampling to hold.
+        self.rng = np.random.default_rng(secrets.randbits(128))
         self.node_site: dict[int, str] = {}
         self.node_version: dict[int, str] = {}
         self.broadcast: dict[str, np.ndarray] = {}

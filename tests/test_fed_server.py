@@ -101,3 +101,57 @@ def test_site_ledger_metrics_reach_the_run_ledger(tmp_path):
     entries = log.site_entries["site-0"]
     assert [e["mechanism"] for e in entries] == ["dp-kmeans-prototypes", "dp-sgd"]
     assert log.row["epsilon"]["site-0"] == pytest.approx(led.epsilon())
+
+
+class FakeTask:
+    teacher_version = "v1"
+
+    def teacher_payload(self):
+        return {"teacher.x": np.zeros(2, np.float32)}, {"teacher-version": "v1"}
+
+
+class FakeGrid:
+    """Answers teacher queries: node 3 fails (e.g. other trunks), the others acknowledge."""
+
+    def __init__(self, nodes):
+        self.nodes, self.queries = nodes, []
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+    def send_and_receive(self, messages, timeout=None):
+        out = []
+        for m in messages:
+            self.queries.append((m.metadata.dst_node_id, m.metadata.message_type))
+            if m.metadata.dst_node_id == 3:
+                out.append(Message(Error(code=1, reason="trunks hash to 0000"), reply_to=m))
+            else:
+                out.append(Message(RecordDict({"metrics": MetricRecord({"site": m.metadata.dst_node_id, "teacher-received": 1})}), reply_to=m))
+        return out
+
+
+def test_configure_train_sends_the_teacher_once_and_drops_failing_sites(tmp_path):
+    c = FedConfig(sites=4, privacy="site", mode="full").validate()
+    log = RunLog(tmp_path, {})
+    s = FedGCKD(task=FakeTask(), run_log=log, cfg=c, site_noise=1.2, site_rate=1.0)
+    grid = FakeGrid([1, 2, 3, 4])
+    arrays = ArrayRecord({k: Array(v) for k, v in BASE.items()})
+    msgs = list(s.configure_train(1, arrays, ConfigRecord({}), grid))
+    assert sorted(m.metadata.dst_node_id for m in msgs) == [1, 2, 4]
+    assert all(m.metadata.message_type == "train" for m in msgs)
+    conf = msgs[0].content["config"]
+    assert conf["teacher-version"] == "v1" and conf["site-noise-multiplier"] == 1.2 and conf["server-round"] == 1
+    assert "trunks" in log.row["errors"]["node-3"] and set(log.row["teacher_bytes_to_site"]) == {"site-1", "site-2", "site-4"}
+    grid.queries.clear()
+    list(s.configure_train(2, arrays, ConfigRecord({}), grid))
+    assert grid.queries == [(3, "query.teacher")], "a site that holds the version is not sent it again"
+
+
+def test_poisson_sampling_of_sites(tmp_path):
+    c = FedConfig(sites=4, sites_per_round=2, privacy="site", mode="full").validate()
+    assert c.site_sampling == "poisson"
+    s = FedGCKD(task=FakeTask(), run_log=RunLog(tmp_path, {}), cfg=c, site_noise=1.0, site_rate=0.5)
+    grid = FakeGrid([1, 2, 4, 5])
+    sizes = [len(list(s.configure_train(r, ArrayRecord({k: Array(v) for k, v in BASE.items()}), ConfigRecord({}), grid)))
+             for r in range(1, 41)]
+    assert len(set(sizes)) > 1 and 1.5 < np.mean(sizes) < 2.5, "each site independently with q = 2/4"

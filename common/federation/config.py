@@ -40,7 +40,7 @@ class FedConfig:
     sites: int = 3  # simulated sites (partitions); small so a laptop runs it
     sites_per_round: int = 0  # 0 = every site every round (accounted with q=1); k < sites = Poisson sampling at rate k/sites
     rounds: int = 3  # server rounds; a handful suffice for small heads started from a good teacher
-    seed: int = 0
+    seed: int = 0  # partition, anchor bank, data order; never DP noise or the sampling of sites (those use OS randomness)
     # --- method ---
     mode: str = "per-record"  # per-record: each record's loss reads only itself and public data (the record-DP form)
     local_steps: int = 20  # steps per site per round; ~1 epoch of a 1,300-record site at rate 0.05

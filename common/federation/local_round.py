@@ -18,6 +18,7 @@ the broadcast values.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 
 import torch
@@ -61,8 +62,11 @@ def run_local_round(student: DualHeads, teacher: DualHeads, anchor_images: torch
         raise ValueError("a site's training must not see identity labels: pass FeatureSet.without_labels()")
     if cfg.privacy == "record" and cfg.loss_mode != "per_record":
         raise ValueError("record-level DP runs only in per-record mode")
-    gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    # Under DP the noise and the Poisson sampling must be unpredictable: a generator seeded from the
+    # run's seed would let anyone who knows it subtract the noise. (torch's generator is not a CSPRNG;
+    # Opacus' secure mode needs torchcsprng, which is not available: STACK.md section 12.)
+    gen = torch.Generator().manual_seed(secrets.randbits(63) if cfg.privacy == "record" else seed)
     set_trainable(student, names)
     bank = FixedAnchors(anchor_images, anchor_texts)
     acfg = adapt_config(cfg, seed)
