@@ -28,8 +28,11 @@ from common.federation.site_data import partition_featureset
 
 ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_USAGE_STATS_ENABLED": "0",
-       "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+       "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
+       "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}  # CPU only; silences Ray's FutureWarning about GPU env vars
 Progress = Callable[[int, int, dict], None]
+for _k, _v in ENV.items():  # before anything imports flwr (it reads the telemetry switch at import)
+    os.environ.setdefault(_k, _v)
 
 
 class SimulationFailed(RuntimeError):
@@ -79,8 +82,6 @@ def simulate(cfg: FedConfig, on_round: Progress | None = None, num_cpus: int | N
 
     verbose=False: Flower's console log at WARNING, and the sites' (Ray actors') output not forwarded.
     """
-    for k, v in ENV.items():
-        os.environ.setdefault(k, v)
     import logging
 
     from flwr.common.logger import update_console_handler

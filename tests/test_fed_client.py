@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
-from fed_support import shared_bench
+from fed_support import shared_bench  # first: sets Flower's environment (telemetry off) before flwr is imported
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from client.app import app as client_app  # noqa: E402
 from common.federation.config import FedConfig  # noqa: E402

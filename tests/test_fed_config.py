@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+import fed_support  # noqa: F401  sets Flower's environment (telemetry off) before flwr is imported
 from common.federation.config import ConfigError, FedConfig
 
 ROOT = Path(__file__).resolve().parents[1]

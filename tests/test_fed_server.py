@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
-from common.federation.config import FedConfig
-from common.privacy.ledger import SiteLedger, Spend
-from server.run_log import RunLog
-from server.strategy import FedGCKD, SiteLevelDP
+import fed_support  # noqa: F401  first: sets Flower's environment (telemetry off) before flwr is imported
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+from common.federation.config import FedConfig  # noqa: E402
+from common.privacy.ledger import SiteLedger, Spend  # noqa: E402
+from server.run_log import RunLog  # noqa: E402
+from server.strategy import FedGCKD, SiteLevelDP  # noqa: E402
 
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
 BASE = {"w": np.ones((4, 3), np.float32), "b": np.zeros(3, np.float32)}
