@@ -6,6 +6,9 @@ Messages it answers:
 - ``train``: the global student's trainable arrays; replies with the trained
   arrays (clipped under site-level DP) and scalar metrics, or a refusal.
 
+Test-only fault injection (`client.faults`) is off unless the environment
+variable ``FEDGCKD_FAULTS`` is set.
+
 Under site-level DP the server's wrapper puts ``clipping_norm`` in the train
 config and Flower's `fixedclipping_mod` clips the update (the site also clips
 by itself, so a missing key cannot make it send an unclipped update).
@@ -26,7 +29,7 @@ from flwr.app import Context, Message  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.clientapp.mod import fixedclipping_mod  # noqa: E402
 
-from client import task  # noqa: E402
+from client import faults, task  # noqa: E402
 
 CLIPPING_NORM = "clipping_norm"  # the key Flower's DP wrapper sends
 
@@ -62,11 +65,14 @@ def build_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
 
     @app.query("teacher")
     def teacher(msg: Message, context: Context) -> Message:
+        faults.before(faults.lookup(msg, context), context, query=True)  # test-only; off unless FEDGCKD_FAULTS
         return task.handle_query(msg, context, fixed)
 
     @app.train(mods=[clip_when_asked])
     def train(msg: Message, context: Context) -> Message:
-        return task.handle_train(msg, context, fixed)
+        fault = faults.lookup(msg, context)  # test-only fault injection; None unless FEDGCKD_FAULTS is set
+        faults.before(fault, context)
+        return faults.corrupt(fault, task.handle_train(msg, context, fixed, fault))
 
     return app
 

@@ -7,7 +7,9 @@ cache that `fedgckd simulate` fills before the engine starts.
 
 The teacher of the current version lives in a file in the site's state dir
 (atomic write), never in Flower's context.state: in simulation every node's
-state lives in one process and is copied on every message.
+state lives in one process and is copied on every message. So does
+``progress.json``: the last round the site charged in each run (run-key), which
+a restarted site (whose Flower state is gone) needs under site-level DP.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save
 
-from common.atomic import atomic_write_bytes
+from common.atomic import atomic_write_bytes, atomic_write_json, read_json
 from common.federation.config import FedConfig
-from common.federation.site_budget import SiteSettings
+from common.federation.site_settings import SiteSettings
 from common.federation.site_data import site_share
 from common.models.feature_cache import FeatureSet
 
 TEACHER_FILE = "teacher.safetensors"
+PROGRESS_FILE = "progress.json"  # the last round this site charged, per run (run-key)
 _BACKBONES: dict[str, tuple[object, str]] = {}
 _FEATURES: dict[tuple, FeatureSet] = {}
 
@@ -82,3 +85,21 @@ def load_teacher(state_dir: Path, version: str) -> tuple[dict[str, np.ndarray], 
     if config.get("teacher-version") != version:
         raise RuntimeError(f"{path}: holds teacher version {config.get('teacher-version')}, the round needs {version}")
     return load_file(str(path)), config
+
+
+def last_charged_round(state_dir: Path, run_key: str) -> int:
+    """The last round of run `run_key` this site charged to its ledger (0: none, or no run key)."""
+    path = Path(state_dir) / PROGRESS_FILE
+    if not run_key or not path.exists():
+        return 0
+    runs = read_json(path).get("runs", {})
+    return int(runs.get(run_key, 0))
+
+
+def remember_charged_round(state_dir: Path, run_key: str, server_round: int) -> None:
+    if not run_key:
+        return
+    path = Path(state_dir) / PROGRESS_FILE
+    data = read_json(path) if path.exists() else {"runs": {}}
+    data.setdefault("runs", {})[run_key] = max(int(server_round), int(data["runs"].get(run_key, 0)))
+    atomic_write_json(path, data)

@@ -9,6 +9,19 @@ server asks), write the planned spending to the ledger *before* training
 (status "crashed" until the round completes, so a killed round is still
 counted), train, mark it "trained", and reply with the trainable arrays and
 the allowed scalar metrics only (`common.federation.outbound`).
+
+Rounds are keyed by the server's round number. A round the server runs
+again (it was killed and resumed from its checkpoint) is trained again and
+counted again: privacy is spent each time training really runs, so the
+ledger then holds two sets of entries for that round (see
+docs/reliability.md). Under site-level DP with Poisson sampling the site
+charges the rounds since the last one it charged; that round is kept per run
+(``run-key``) in the site's state dir, so a restarted site neither charges a
+round twice nor forgets one.
+
+Imports are lazy where they are heavy (the accountant, the training loop):
+in deployment every message starts a new ClientApp process, and a teacher
+query needs neither.
 """
 
 from __future__ import annotations
@@ -19,16 +32,13 @@ from typing import Any, Mapping
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from client import site_data
-from common.checkpoint import clone_heads
+from client import faults, site_data
 from common.federation import outbound
 from common.federation.config import FedConfig
-from common.federation.local_round import run_local_round
 from common.federation.payload import unpack_teacher
-from common.federation.site_budget import check_continuity, open_ledger, plan_round, resolve_settings
+from common.federation.site_settings import resolve_settings
 from common.federation.trainable import load_arrays, trainable_names
 from common.federation.validation import global_norm
-from common.privacy.ledger import LedgerError
 
 STATE = "fedgckd-site"  # the one small ConfigRecord this app keeps in context.state
 
@@ -63,7 +73,19 @@ def handle_query(msg: Message, context: Context, overrides: Mapping[str, Any] | 
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
-def handle_train(msg: Message, context: Context, overrides: Mapping[str, Any] | None = None) -> Message:
+def run_local_round(*args, **kwargs):
+    """`common.federation.local_round.run_local_round`, imported when a site trains (tests replace it here)."""
+    from common.federation.local_round import run_local_round as run
+
+    return run(*args, **kwargs)
+
+
+def handle_train(msg: Message, context: Context, overrides: Mapping[str, Any] | None = None,
+                 fault: str | None = None) -> Message:
+    from common.checkpoint import clone_heads
+    from common.federation.site_budget import check_continuity, open_ledger, plan_round
+    from common.privacy.ledger import LedgerError
+
     cfg = load_config(context, overrides)
     settings = resolve_settings(context.node_config, cfg)
     config = dict(msg.content["config"])
@@ -83,22 +105,27 @@ def handle_train(msg: Message, context: Context, overrides: Mapping[str, Any] | 
         check_continuity(led, int(state["ledger-entries"]))
     except LedgerError as ex:  # corrupt, rolled back, or a budget raised from outside: fail closed
         return _reply(msg, arrays_in, metrics, outbound.REFUSED, str(ex), expected, cfg)
-    plan = plan_round(led, cfg, server_round, config, int(state["last-round"]))
+    run_key = str(config.get("run-key", ""))
+    last_round = max(int(state["last-round"]), site_data.last_charged_round(settings.state_dir, run_key))
+    plan = plan_round(led, cfg, server_round, config, last_round)
     if plan.refuse:
         led.record(server_round, [], "refused")
         led.save(settings.ledger_path())
-        _remember(state, led, None)  # a refused round spent nothing; the next one charges from the last spend
+        # a refused round spent nothing; the next one charges from the last spend
+        _remember(state, led, None, settings, run_key)
         metrics.update(led.to_metrics(server_round))
         return _reply(msg, arrays_in, metrics, outbound.REFUSED, plan.reason, expected, cfg)
     site = site_data.site_features(settings, cfg, t_config["backbone"])  # loading data releases nothing
     n_planned = len(led.record(server_round, plan.spends, "crashed")) if led else 0  # write-ahead
     if led:
         led.save(settings.ledger_path())
-        _remember(state, led, server_round)
+        _remember(state, led, server_round, settings, run_key)
+    faults.strike(fault, "before-training")
     student = clone_heads(teacher)
     load_arrays(student, arrays_in)
     seed = cfg.seed * 1_000_003 + settings.partition_id * 1_009 + server_round
     result = run_local_round(student, teacher, a_img, a_txt, site, names, cfg, plan.dp_sgd_noise, seed)
+    faults.strike(fault, "after-training")
     if led:
         ran = [(s.mechanism, s.noise_multiplier, s.sample_rate, s.steps) for s in result.spends] if led.unit == "record" else None
         planned = [(s.mechanism, s.noise_multiplier, s.sample_rate, s.steps) for s in plan.spends]
@@ -116,11 +143,12 @@ def handle_train(msg: Message, context: Context, overrides: Mapping[str, Any] | 
     return _reply(msg, update, metrics, outbound.TRAINED, "", expected, cfg)
 
 
-def _remember(state: ConfigRecord, led, spent_round: int | None) -> None:
+def _remember(state: ConfigRecord, led, spent_round: int | None, settings, run_key: str) -> None:
     state["ledger-entries"] = len(led.entries)
     state["epsilon"] = float(led.epsilon())
     if spent_round is not None:
         state["last-round"] = int(spent_round)
+        site_data.remember_charged_round(settings.state_dir, run_key, int(spent_round))
 
 
 def _clip(update: dict[str, np.ndarray], base: dict[str, np.ndarray], clip: float) -> dict[str, np.ndarray]:

@@ -10,7 +10,10 @@ rounds), every refusal/rejection/error event, and in site-level mode the
 server's own per-site ledger of the central Gaussian mechanism.
 
 Both files are rewritten atomically after every round, so an interrupted run
-still leaves a consistent record of the rounds it finished.
+still leaves a consistent record of the rounds it finished. `state` and
+`restore` carry the whole record through the server's checkpoint, so a
+resumed run continues it (the rounds it re-runs are recorded once, as they
+run again).
 """
 
 from __future__ import annotations
@@ -39,7 +42,12 @@ class RunLog:
         self._t0 = time.perf_counter()
         self.row = {"round": server_round, "sampled": [], "trained": [], "refused": {}, "rejected": {}, "errors": {},
                     "bytes_to_site": {}, "teacher_bytes_to_site": {}, "bytes_from_site": {}, "epsilon": {},
-                    "update_norm": {}}
+                    "update_norm": {}, "notes": []}
+
+    def note(self, server_round: int, text: str) -> None:
+        """Something about the round that is not one site's outcome (e.g. sites that did not connect)."""
+        if self.row.get("round") == server_round:
+            self.row["notes"].append(text)
 
     def sent(self, site: str, nbytes: int, teacher: bool = False) -> None:
         """Bytes of arrays sent to a site: the student's trainable arrays, or (teacher=True) a teacher version."""
@@ -88,6 +96,23 @@ class RunLog:
         self.rounds.append(self.row)
         self.row = {}
         self.write()
+
+    # -- checkpoint ----------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"rounds": self.rounds, "site_entries": self.site_entries, "events": self.events,
+                "site_level": {s: led.to_dict() for s, led in self.site_level.items()}}
+
+    def restore(self, state: dict) -> None:
+        self.rounds = [dict(r) for r in state.get("rounds", [])]
+        self.site_entries = {s: list(e) for s, e in state.get("site_entries", {}).items()}
+        self.events = list(state.get("events", []))
+        self.site_level = {s: SiteLedger.from_dict(d) for s, d in state.get("site_level", {}).items()}
+
+    def summary(self) -> dict:
+        """Epsilon per site so far (the sites' own ledgers, and the server's under site-level DP)."""
+        led = self.ledger()
+        return {"epsilon": led["final_epsilon"], "server_epsilon": led["final_server_epsilon"],
+                "rounds": [r.get("round") for r in self.rounds]}
 
     # -- files ---------------------------------------------------------------------------------
     def write(self) -> None:

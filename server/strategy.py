@@ -1,6 +1,9 @@
 """The FedGCKD strategy: FedAvg with teacher broadcast, site sampling, update checks and honest weights.
 
 Per round (`configure_train`):
+0. wait (up to ``site-wait`` seconds) until all ``sites`` nodes are
+   connected, then go on with those that are (a site that dropped out
+   misses the round and is asked again the next one; the wait is logged);
 1. sample sites: all of them (accounted with q = 1), or each site
    independently with probability k/N (Poisson, what the site-level
    accountant's amplification assumes);
@@ -18,19 +21,25 @@ checks every update (`common.federation.validation`) and rejects bad ones
   expected number of sampled sites), so that one site moves the sum by at
   most the clip norm and Flower's DP wrapper's noise (std sigma*S/k on the
   average) is the calibrated Gaussian mechanism on the sum.
+
+Resuming (`round_offset`): Flower's loop counts rounds from 1; a server
+resumed after round R sets the offset to R, so sites, logs and ledgers see
+the real round numbers R+1, R+2, ... The train config carries the run's
+``run-key`` (kept in the checkpoint), by which sites key their per-run state.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import secrets
+import time
 from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from common.federation.config import FedConfig
 from common.federation.outbound import REFUSED
@@ -60,15 +69,20 @@ class FedGCKD(FedAvg):
         self.node_version: dict[int, str] = {}
         self.broadcast: dict[str, np.ndarray] = {}
         self.took_part: set[str] = set()
+        self.round_offset = 0  # rounds completed before this process started (resume)
+        self.run_key = ""
+
+    def real_round(self, flower_round: int) -> int:
+        return flower_round + self.round_offset
 
     def site_of(self, node: int) -> str:
         return self.node_site.get(node, f"node-{node}")
 
     # -- configure -------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        server_round = self.real_round(server_round)
         self.log.start_round(server_round)
-        nodes, _ = sample_nodes(grid, self.cfg.sites, self.cfg.sites)
-        nodes = sorted(nodes)
+        nodes = self._connected(grid, server_round)
         if self.cfg.site_sampling == "poisson":
             q = self.cfg.sampled_per_round / self.cfg.sites
             nodes = [n for n in nodes if self.rng.random() < q]
@@ -77,6 +91,7 @@ class FedGCKD(FedAvg):
         self.took_part = set()
         config["server-round"] = server_round
         config["teacher-version"] = self.task.teacher_version
+        config["run-key"] = self.run_key
         if self.cfg.privacy == "site":
             config["site-noise-multiplier"] = float(self.site_noise)
             config["site-sample-rate"] = float(self.site_rate)
@@ -86,13 +101,31 @@ class FedGCKD(FedAvg):
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._construct_messages(record, nodes, MessageType.TRAIN)
 
+    def _connected(self, grid: Grid, server_round: int) -> list[int]:
+        """The connected nodes, once all `sites` are or `site-wait` seconds have passed (and at least one is)."""
+        end = time.monotonic() + self.cfg.site_wait
+        while True:
+            nodes = sorted(grid.get_node_ids())
+            if len(nodes) >= self.cfg.sites or (nodes and time.monotonic() >= end):
+                break
+            time.sleep(min(1.0, max(0.05, self.cfg.site_wait / 50)))
+        if len(nodes) < self.cfg.sites:
+            missing = sorted(set(self.node_site.values()) - {self.node_site[n] for n in nodes if n in self.node_site})
+            reason = (f"{len(nodes)} of {self.cfg.sites} sites connected after {self.cfg.site_wait:g}s; going on "
+                      f"without {', '.join(missing) or 'the others'}")
+            self.log.note(server_round, reason)
+            log.warning("round %d: %s", server_round, reason)
+        elif len(nodes) > self.cfg.sites:  # more nodes than sites: as Flower's sample_nodes, pick `sites` of them
+            nodes = sorted(random.sample(nodes, self.cfg.sites))
+        return nodes
+
     def _send_teacher(self, grid: Grid, nodes: list[int], server_round: int) -> list[int]:
         arrays, tcfg = self.task.teacher_payload()
         version = tcfg["teacher-version"]
         need = [n for n in nodes if self.node_version.get(n) != version]
         if need:
             record = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
-                                 "config": ConfigRecord(dict(tcfg))})
+                                 "config": ConfigRecord({**tcfg, "server-round": server_round})})
             size = nbytes(record["arrays"])
             msgs = [Message(content=record, message_type=QUERY_TEACHER, dst_node_id=n) for n in need]
             for reply in grid.send_and_receive(msgs, timeout=self.timeout):
@@ -115,6 +148,7 @@ class FedGCKD(FedAvg):
             log.warning("round %d: %s failed: %s", server_round, site, str(r.error.reason)[-500:])
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round = self.real_round(server_round)
         replies = list(replies)
         self.note_errors(server_round, [r for r in replies if r.has_error()])
         bound = max_delta_norm(self.cfg.privacy, self.cfg.clip_norm, self.cfg.max_update_norm, self.broadcast)
@@ -193,5 +227,5 @@ class SiteLevelDP(DifferentialPrivacyClientSideFixedClipping):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
-        self.strategy.note_errors(server_round, [r for r in replies if r.has_error()])
+        self.strategy.note_errors(self.strategy.real_round(server_round), [r for r in replies if r.has_error()])
         return super().aggregate_train(server_round, [r for r in replies if not r.has_error()])

@@ -79,6 +79,18 @@ class ServerTask:
             t_params[n].mul_(m).add_(s_params[n], alpha=1 - m)
         self._payload = None
 
+    # -- checkpoint ----------------------------------------------------------------------------
+    def heads_state(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(student, teacher) state dicts as numpy arrays (every head parameter and buffer)."""
+        dump = lambda heads: {k: v.detach().cpu().numpy().copy() for k, v in heads.state_dict().items()}  # noqa: E731
+        return dump(self.student), dump(self.teacher)
+
+    def restore(self, student: dict[str, np.ndarray], teacher: dict[str, np.ndarray]) -> None:
+        """Load the heads a checkpoint saved (strict: the same head shapes as the teacher checkpoint's)."""
+        for heads, sd in ((self.student, student), (self.teacher, teacher)):
+            heads.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, strict=True)
+        self._payload = None
+
     def evaluate(self) -> dict:
         """Student and teacher on the target val split (reporting only)."""
         if self.val is None:

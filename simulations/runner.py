@@ -12,6 +12,10 @@ ServerApp finishes; Ray is shut down with it. It passes an empty run config
 to the apps, so the apps are built with the run's settings as overrides.
 Flower turns a failed ServerApp into a log line, so success is judged from
 the files the run must leave (metrics.json with every round, the model).
+
+`resume_config` reads a run folder's server checkpoint back into the run's
+config with ``resume=true``: `simulate` then continues after the last
+completed round (`fedgckd simulate --resume RUN_DIR`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,22 @@ for _k, _v in ENV.items():  # before anything imports flwr (it reads the telemet
 
 class SimulationFailed(RuntimeError):
     pass
+
+
+def resume_config(run_dir: Path | str, **changes) -> FedConfig:
+    """The config of the run in `run_dir` (from its server checkpoint), set to resume; `changes` may set the
+    operational keys (e.g. site-wait)."""
+    from server.checkpoint import OPERATIONAL_KEYS, load_checkpoint
+
+    ck = load_checkpoint(run_dir)
+    bad = [k for k in changes if FedConfig.key(k) not in OPERATIONAL_KEYS]
+    if bad:
+        raise ValueError(f"a resumed run keeps its config; cannot change {', '.join(bad)}")
+    cfg = FedConfig.from_run_config(ck.config, **changes)
+    if Path(cfg.out_dir).resolve() != Path(run_dir).resolve():
+        raise ValueError(f"{run_dir}: its checkpoint belongs to out-dir {cfg.out_dir!r} (relative paths are relative "
+                         "to where the run was started); resume from there")
+    return cfg.replace(resume=True).validate()
 
 
 def prepare(cfg: FedConfig, progress: Callable[[str], Callable] | None = None) -> dict:
@@ -95,7 +115,7 @@ def simulate(cfg: FedConfig, on_round: Progress | None = None, num_cpus: int | N
 
     cfg.validate()
     out = Path(cfg.out_dir)
-    for stale in ("metrics.json", "ledger.json"):
+    for stale in ("metrics.json", "ledger.json") if not cfg.resume else ():  # a resumed run continues them
         (out / stale).unlink(missing_ok=True)
     overrides = cfg.to_run_config()
     t0, started = time.perf_counter(), time.time()

@@ -85,8 +85,9 @@ def _full_mode_loss(heads, pack, r_img, r_txt, pub_i, pub_t):
     s_pair = F.normalize(s_txt.reshape(n, 2, D).sum(1), dim=-1)
     r_pair = F.normalize(r_txt.sum(1), dim=-1)
     cfg = CMKDConfig(hard_negatives=5)
-    ts = Side(s_txt, s_img[rec], rt, r_img[rec], r_img, torch.arange(n), pub_i, rec)
-    is_ = Side(s_img, s_pair, r_img, r_pair, rt, rec, pub_t, torch.arange(n))
+    none = torch.arange(n)[:0]
+    ts = Side(s_txt, s_img[rec], rt, r_img[rec], s_img, r_img, torch.arange(n), r_img[:0], none, pub_i, rec)
+    is_ = Side(s_img, s_pair, r_img, r_pair, s_txt, rt, rec, rt[:0], none, pub_t, torch.arange(n))
     return per_record_losses(ts, is_, rec, n, cfg)
 
 

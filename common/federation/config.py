@@ -65,6 +65,9 @@ class FedConfig:
     # --- server-side checks ---
     max_update_norm: float = 0.0  # 0 = automatic (site: clip-norm; otherwise 2 x norm of the broadcast)
     server_eval: bool = True  # R1/mAP on the target val split each round (reporting only; never selects)
+    # --- operations (a resumed run may change these) ---
+    site_wait: float = 600.0  # seconds a round waits for all sites to connect, then goes on with those that did
+    resume: bool = False  # server: continue from out-dir/checkpoint.safetensors (after its last completed round)
 
     # ---- conversion ----------------------------------------------------------------------
     @staticmethod
@@ -129,6 +132,7 @@ class FedConfig:
             ("prototype-noise", self.prototype_noise > 0 or self.prototypes == 0 or self.prototype_iters == 0),
             ("alpha", self.alpha > 0), ("lr", self.lr >= 0), ("batch-size", self.batch_size >= 1),
             ("max-update-norm", self.max_update_norm >= 0), ("train-params", bool(self.train_params.strip())),
+            ("site-wait", self.site_wait >= 0 and math.isfinite(self.site_wait)),
         ]
         bad = [name for name, ok in checks if not ok]
         if bad:

@@ -1,24 +1,26 @@
 """CMKD: contrastive momentum knowledge distillation (our reading of GCKD's second module).
 
-For every target caption (and symmetrically every target image) of a batch:
+For every target caption (and symmetrically every target image) of a batch,
+the student scores a set of candidates of the other modality:
 
-* **distillation**: the teacher, refined by GMP, gives a soft similarity
-  distribution over candidates ``q = softmax(r_q . r_c / tau_t)``; the student
-  gives ``p = softmax(s_q . k_c / tau_s)`` over the same candidates and learns
-  ``KL(q || p)``. The candidates are the query's own pair (the student's own
-  embedding of it on the student side), the keys passed in (``full`` mode:
-  the other records of the batch and the momentum queue of refined target
-  features; ``per_record`` mode: none), and the public nodes (source anchors
-  and, under record-level DP, the DP site prototypes);
-* **pair contrast**: cross-entropy of the known pair against negatives: the
-  hardest source anchors by teacher similarity (``hard_negatives``) and, in
-  ``full`` mode, the other records of the batch and the queue.
+* its own pair (the student's embedding of it),
+* ``full`` mode only: the other records of the batch (student embeddings) and
+  a momentum queue of earlier records (refined teacher embeddings as keys),
+* the hardest public candidates by teacher similarity (source anchors and,
+  under record-level DP, the site's DP prototypes; fixed keys),
 
-Everything the loss of one record reads besides that record is passed in as a
-detached tensor that does not depend on the record (keys, public nodes, the
-record's own refined teacher embedding). With ``keys`` empty the loss of a
-record therefore depends on that record alone: `per_record_losses` returns the
-vector of those per-record losses, which is what DP-SGD clips.
+and learns a soft contrastive target, as ALBEF's momentum distillation does:
+``target = (1 - kd_weight) * onehot(own pair) + kd_weight * q`` where
+``q = softmax(r_query . r_candidate / tau_teacher)`` comes from the momentum
+teacher *refined by GMP*. Plain pair contrast (kd_weight 0) treats a person's
+other images and captions in the batch as negatives; the refined teacher
+gives them mass instead, because GMP has pulled a person's samples together
+through the target graph.
+
+In ``per_record`` mode the only candidates are the record's own pair and
+fixed public keys, and the teacher side is the record's own refined
+embeddings (detached), so the loss of a record depends on that record alone:
+`per_record_losses` returns the vector of per-record losses that DP-SGD clips.
 """
 
 from __future__ import annotations
@@ -32,63 +34,81 @@ import torch.nn.functional as F
 @dataclass
 class CMKDConfig:
     tau_student: float = 0.05  # student temperature, as in source pretraining
-    tau_teacher: float = 0.05  # teacher temperature; equal to the student's so a perfect student reaches zero KL
-    kd_weight: float = 1.0  # distillation term
-    pair_weight: float = 1.0  # pair contrast term
-    hard_negatives: int = 32  # hardest source anchors per query; ~the number of in-batch negatives of a small batch
+    tau_teacher: float = 0.05  # teacher temperature for the soft targets
+    kd_weight: float = 0.5  # share of the teacher's soft target; ALBEF uses 0.4
+    hard_negatives: int = 64  # hardest public keys per query (source anchors, prototypes)
 
 
 @dataclass
 class Side:
-    """One direction (queries of one modality against candidates of the other).
+    """One direction: queries of one modality against candidates of the other.
 
-    q_student [B, D]   student embeddings of the queries (with grad)
-    pos_student [B, D] student embeddings of each query's own pair (with grad)
-    q_teacher [B, D]   refined teacher embeddings of the queries
-    pos_teacher [B, D] refined teacher embeddings of the own pair
-    keys [K, D]        refined teacher target candidates (full mode), no grad
-    key_owner [K]      record id of each key, so a query's own record is masked out (-1: none)
-    public [P, D]      public candidates (source anchors of the other modality, prototypes), no grad
-    record [B]         record id of each query
+    q_student [B, D]    student embeddings of the queries (with grad)
+    pos_student [B, D]  student embedding of each query's own pair (with grad)
+    q_teacher [B, D]    refined teacher embeddings of the queries (no grad)
+    pos_teacher [B, D]  refined teacher embedding of the own pair
+    cand_student [K, D] full mode: student embeddings of the batch's candidates (with grad)
+    cand_teacher [K, D] their refined teacher embeddings
+    cand_owner [K]      record of each candidate (the query's own record is masked out)
+    queue [Q, D]        full mode: refined teacher features of earlier records (fixed keys)
+    queue_owner [Q]
+    public [P, D]       public keys: source anchors (+ DP prototypes)
+    record [B]          record of each query
+    cand_positive [B,K] optional: the teacher's soft target is restricted to the own
+                        pair and these candidates (mutual neighbours in the GMP graph)
     """
 
     q_student: torch.Tensor
     pos_student: torch.Tensor
     q_teacher: torch.Tensor
     pos_teacher: torch.Tensor
-    keys: torch.Tensor
-    key_owner: torch.Tensor
+    cand_student: torch.Tensor
+    cand_teacher: torch.Tensor
+    cand_owner: torch.Tensor
+    queue: torch.Tensor
+    queue_owner: torch.Tensor
     public: torch.Tensor
     record: torch.Tensor
+    cand_positive: torch.Tensor | None = None  # [B, K] full mode: candidate is a graph neighbour of the query's record
 
 
 def _side_losses(s: Side, cfg: CMKDConfig) -> torch.Tensor:
     """Per-query loss [B] for one direction."""
-    cands = torch.cat([s.keys, s.public]).detach()
-    own = torch.zeros((len(s.record), len(cands)), dtype=torch.bool)
-    if len(s.keys):
-        own[:, : len(s.keys)] = s.key_owner[None, :] == s.record[:, None]
-    pos_s = (s.q_student * s.pos_student).sum(-1, keepdim=True)
-    pos_t = (s.q_teacher * s.pos_teacher).sum(-1, keepdim=True)
-    logit_s = torch.cat([pos_s, s.q_student @ cands.t()], 1) / cfg.tau_student
-    logit_t = torch.cat([pos_t, s.q_teacher @ cands.t()], 1) / cfg.tau_teacher
-    mask = torch.cat([own.new_zeros(len(own), 1), own], 1)
-    logit_s = logit_s.masked_fill(mask, float("-inf"))
-    logit_t = logit_t.masked_fill(mask, float("-inf"))
-    q = F.softmax(logit_t, 1).detach()
-    log_p = F.log_softmax(logit_s, 1)
-    kd = (q * (torch.log(q.clamp_min(1e-12)) - log_p)).masked_fill(mask, 0.0).sum(1)
-    # pair contrast: own pair vs hardest public negatives (by teacher similarity) and target keys
-    h = min(cfg.hard_negatives, len(s.public))
-    neg_parts = []
+    pub = s.public.detach()
+    h = min(cfg.hard_negatives, len(pub))
+    parts_s = [(s.q_student * s.pos_student).sum(-1, keepdim=True)]
+    parts_t = [(s.q_teacher * s.pos_teacher).sum(-1, keepdim=True)]
+    masks = [torch.zeros(len(s.record), 1, dtype=torch.bool)]
+    if len(s.cand_student):
+        parts_s.append(s.q_student @ s.cand_student.t())
+        parts_t.append(s.q_teacher @ s.cand_teacher.t())
+        masks.append(s.cand_owner[None, :] == s.record[:, None])
+    if len(s.queue):
+        q = s.queue.detach()
+        parts_s.append(s.q_student @ q.t())
+        parts_t.append(s.q_teacher @ q.t())
+        masks.append(s.queue_owner[None, :] == s.record[:, None])
     if h:
-        hard = (s.q_teacher @ s.public.t()).topk(h, dim=1).indices
-        neg_parts.append((s.q_student[:, None, :] * s.public[hard]).sum(-1))
-    if len(s.keys):
-        neg_parts.append((s.q_student @ s.keys.t()).masked_fill(own[:, : len(s.keys)], float("-inf")))
-    logits = torch.cat([pos_s, *neg_parts], 1) / cfg.tau_student
-    pair = -F.log_softmax(logits, 1)[:, 0]
-    return cfg.kd_weight * kd + cfg.pair_weight * pair
+        hard = (s.q_teacher @ pub.t()).topk(h, dim=1).indices
+        keys = pub[hard]  # [B, h, D]
+        parts_s.append((s.q_student[:, None, :] * keys).sum(-1))
+        parts_t.append((s.q_teacher[:, None, :] * keys).sum(-1))
+        masks.append(torch.zeros(len(s.record), h, dtype=torch.bool))
+    mask = torch.cat(masks, 1)
+    allowed = None
+    if s.cand_positive is not None and len(s.cand_student):
+        allowed = torch.zeros_like(mask)
+        allowed[:, 0] = True
+        allowed[:, 1 : 1 + len(s.cand_student)] = s.cand_positive
+        allowed &= ~mask
+    logit_s = (torch.cat(parts_s, 1) / cfg.tau_student).masked_fill(mask, float("-inf"))
+    logit_t = (torch.cat(parts_t, 1).detach() / cfg.tau_teacher).masked_fill(mask, float("-inf"))
+    if allowed is not None:
+        logit_t = logit_t.masked_fill(~allowed, float("-inf"))
+    target = cfg.kd_weight * F.softmax(logit_t, 1)
+    target[:, 0] += 1.0 - cfg.kd_weight
+    log_p = F.log_softmax(logit_s, 1).masked_fill(mask, 0.0)
+    return -(target * log_p).sum(1)
 
 
 def per_record_losses(text_side: Side, image_side: Side, text_record: torch.Tensor, n_records: int, cfg: CMKDConfig) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from common.graph.gmp import GMPConfig, propagate
+from common.graph.knn import topk_chunked
 from common.losses.cmkd import CMKDConfig, Side, per_record_losses
 from common.models.feature_cache import FeatureSet
 from common.models.heads import DualHeads
@@ -39,6 +40,8 @@ class AdaptConfig:
     momentum: float = 0.99  # EMA of the teacher per step; 1.0 freezes the teacher (gmp_only)
     use_gmp: bool = True
     refresh_steps: int = 25  # recompute the teacher's refined target embeddings this often
+    group_size: int = 4  # full mode: a batch is seeds plus each seed's nearest records in the refined graph,
+    # so that a person's other views are candidates and the teacher's soft targets can give them mass
     queue_size: int = 1024  # refined target features kept as extra candidates (full mode)
     seed: int = 0
     gmp: GMPConfig = field(default_factory=GMPConfig)
@@ -66,6 +69,39 @@ def refine(teacher: DualHeads, target: FeatureSet, ctx: SiteContext, cfg: AdaptC
     if not cfg.use_gmp:
         return image, text
     return propagate(image, text, target.text_to_image, ctx.public_nodes(), cfg.gmp, cfg.mode)
+
+
+def _neighbour_groups(r_img: torch.Tensor, cfg: AdaptConfig) -> torch.Tensor | None:
+    """Each record's group_size-1 nearest records by refined teacher image embedding."""
+    if cfg.group_size <= 1 or len(r_img) <= cfg.group_size:
+        return None
+    _, idx = topk_chunked(r_img, r_img, cfg.group_size - 1, exclude_diagonal=True)
+    return idx
+
+
+def _mutual(groups: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
+    """[len(a), len(b)] bool: records a[i] and b[j] are in each other's neighbour lists."""
+    if groups is None:
+        return None
+    ga, gb = groups[a], groups[b]  # [A, k], [B, k]
+    a_has_b = (ga[:, None, :] == b[None, :, None]).any(-1)
+    b_has_a = (gb[None, :, :] == a[:, None, None]).any(-1)
+    return a_has_b & b_has_a
+
+
+def _batch(perm: torch.Tensor, b: int, groups: torch.Tensor | None, cfg: AdaptConfig) -> torch.Tensor:
+    if groups is None:
+        return perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+    n_seeds = max(1, cfg.batch_size // cfg.group_size)
+    seeds = perm[(b * n_seeds) % len(perm) :][:n_seeds]
+    recs = torch.cat([seeds, groups[seeds].reshape(-1)])
+    return _first_unique(recs)[: cfg.batch_size]
+
+
+def _first_unique(x: torch.Tensor) -> torch.Tensor:
+    seen: set[int] = set()
+    keep = [v for v in x.tolist() if not (v in seen or seen.add(v))]
+    return torch.tensor(keep, dtype=torch.long)
 
 
 def adapt(
@@ -114,7 +150,8 @@ def adapt(
         for b in range(min(steps_per_epoch, total - step)):
             if step % cfg.refresh_steps == 0:
                 r_img, r_txt = refine(teacher, target, ctx, cfg)
-            recs = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                groups = _neighbour_groups(r_img, cfg) if cfg.mode == "full" else None
+            recs = _batch(perm, b, groups, cfg)
             txt = torch.tensor([t for r in recs.tolist() for t in caps_of[r]])
             local = torch.full((n_rec,), -1, dtype=torch.long)
             local[recs] = torch.arange(len(recs))
@@ -125,13 +162,24 @@ def adapt(
             r_img_b, r_txt_b = r_img[recs], r_txt[txt]
             r_img_pair = F.normalize(torch.zeros_like(r_img_b).index_add(0, t_rec, r_txt_b), dim=-1)
             full = cfg.mode == "full"
-            key_img = torch.cat([r_img_b, queue_img]) if full else r_img_b[:0]
-            key_img_owner = torch.cat([recs, queue_img_owner]) if full else recs[:0]
-            key_txt = torch.cat([r_txt_b, queue_txt]) if full else r_txt_b[:0]
-            key_txt_owner = torch.cat([text_record[txt], queue_txt_owner]) if full else recs[:0]
             rec_global = recs[t_rec]
-            text_side = Side(s_txt, s_img[t_rec], r_txt_b, r_img_b[t_rec], key_img, key_img_owner, ctx.public_images(), rec_global)
-            image_side = Side(s_img, s_img_pair, r_img_b, r_img_pair, key_txt, key_txt_owner, ctx.public_texts(), recs)
+            txt_owner = text_record[txt]
+            none_ = recs[:0]
+            empty = r_img_b[:0]
+            pos_t = _mutual(groups, rec_global, recs) if full else None
+            pos_i = _mutual(groups, recs, txt_owner) if full else None
+            text_side = Side(
+                s_txt, s_img[t_rec], r_txt_b, r_img_b[t_rec],
+                s_img if full else empty, r_img_b if full else empty, recs if full else none_,
+                queue_img if full else empty, queue_img_owner if full else none_,
+                ctx.public_images(), rec_global, pos_t,
+            )
+            image_side = Side(
+                s_img, s_img_pair, r_img_b, r_img_pair,
+                s_txt if full else empty, r_txt_b if full else empty, txt_owner if full else none_,
+                queue_txt if full else empty, queue_txt_owner if full else none_,
+                ctx.public_texts(), recs, pos_i,
+            )
             losses = per_record_losses(text_side, image_side, t_rec, len(recs), cfg.cmkd)
             loss = losses.mean()
             opt.zero_grad(set_to_none=True)

@@ -24,10 +24,11 @@ def _read_preset(path: Path) -> dict:
 
 
 def simulate(
-    data: Path = typer.Option(..., "--data", help="Data folder holding one subfolder per domain/dataset."),
-    teacher: Path = typer.Option(..., "--teacher", help="Source-pretrained checkpoint (from `fedgckd pretrain`)."),
-    target: str = typer.Option(..., "--target", help="Target domain; its train split is dealt out to the sites (labels only to split)."),
-    out: Path = typer.Option(..., "--out", help="Run folder: model/, teacher/, metrics.json, ledger.json, sites.json."),
+    data: Path = typer.Option(None, "--data", help="Data folder holding one subfolder per domain/dataset (required unless --resume)."),
+    teacher: Path = typer.Option(None, "--teacher", help="Source-pretrained checkpoint (from `fedgckd pretrain`; required unless --resume)."),
+    target: str = typer.Option(None, "--target", help="Target domain; its train split is dealt out to the sites (labels only to split; required unless --resume)."),
+    out: Path = typer.Option(None, "--out", help="Run folder: model/, teacher/, metrics.json, ledger.json, sites.json, checkpoint.safetensors (required unless --resume)."),
+    resume: Path = typer.Option(None, "--resume", help="Continue the run in this folder from its checkpoint (after its last completed round), with its own config."),
     sites: int = typer.Option(None, "--sites", help="Number of simulated sites (default 3)."),
     rounds: int = typer.Option(None, "--rounds", help="Server rounds (default 3)."),
     privacy: str = typer.Option(None, "--privacy", help="record (default: DP-SGD at each site), site (clipped updates + central noise) or none."),
@@ -51,14 +52,18 @@ def simulate(
 ) -> None:
     """Federated GCKD adaptation: a server, SITES simulated sites, ROUNDS rounds, under the chosen privacy."""
     from common.federation.config import FedConfig
-    from simulations.runner import SimulationFailed, prepare, simulate as run
+    from fedgckd.commands.audit import write_run_audit
+    from simulations.runner import SimulationFailed, prepare, resume_config, simulate as run
 
+    if resume is None and None in (data, teacher, target, out):
+        console.print("[bold red]error:[/] --data, --teacher, --target and --out are required (or --resume RUN_DIR)")
+        raise typer.Exit(2)
     given = {"data-dir": str(data), "teacher": str(teacher), "target": target, "out-dir": str(out), "sites": sites,
              "rounds": rounds, "privacy": privacy, "epsilon": epsilon, "delta": delta, "mode": mode,
              "backbone": backbone, "sites-per-round": sites_per_round, "local-steps": local_steps,
              "noise-multiplier": noise_multiplier, "clip-norm": clip_norm, "sample-rate": sample_rate,
              "partition": partition, "seed": seed, "cache-dir": str(cache) if cache else None,
-             "state-dir": str(state_dir or out / "sites")}
+             "state-dir": str(state_dir or out / "sites") if out else None}
     with user_errors():
         base = _read_preset(preset) if preset else {}
         for item in setting:
@@ -66,7 +71,11 @@ def simulate(
             if not sep:
                 raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
             base[key.strip()] = value.strip()
-        cfg = FedConfig.from_run_config(base, **{k: v for k, v in given.items() if v is not None}).validate()
+        if resume is not None:  # the run's own config; only operational keys may be --set
+            cfg = resume_config(resume, **base)
+            out = Path(cfg.out_dir)
+        else:
+            cfg = FedConfig.from_run_config(base, **{k: v for k, v in given.items() if v is not None}).validate()
         with console.status("preparing features and sites"):
             info = prepare(cfg, progress=progress_bar)
         console.print("sites: " + ", ".join(f"{s['site']}: {s['records']} records" for s in info["sites"]))
@@ -76,8 +85,10 @@ def simulate(
                 result = run(cfg, on_round=lambda r, n, i: bar(r, n, i), num_cpus=cpus, verbose=verbose)
         except SimulationFailed as ex:
             console.print(f"[bold red]simulation failed:[/] {ex}")
+            write_run_audit(out)  # the privacy spent by the rounds that did run
             raise typer.Exit(1) from None
     _report(result, out)
+    write_run_audit(out)
 
 
 def _report(result: dict, out: Path) -> None:

@@ -1,0 +1,161 @@
+"""The audit's second computation: epsilon recomputed from each ledger's raw history, two accountants.
+
+For every account (`run_reader.Account`) and every ledger entry, the history
+up to that entry (prior history + this run's ``(noise_multiplier,
+sample_rate, steps)``) is handed to
+- Opacus' ``RDPAccountant`` directly (primary; not through
+  ``common.privacy.accounting``, so the ledger's own code is not checking
+  itself), and
+- Opacus' ``PRVAccountant`` through ``compute_epsilon(..., "prv")`` (second),
+  which refuses, with a reason, the regimes where PRV is known to fail or to
+  be unaffordable (no noise, a huge discretisation grid, overflow).
+
+Checks (each failure is a flag with severity ``"error"``):
+- ``ledger-inconsistent``: an entry's stored ``epsilon_so_far`` differs from
+  the recomputation by the accountant that ledger enforced with by more than
+  ``LEDGER_REL_TOL`` (relative; both infinite counts as equal). Causes: a
+  ledger edited by hand, spending missing from this run's record (e.g. a
+  site's earlier runs when its ledger file is not readable), or a bug.
+- ``accountants-disagree``: PRV exceeds RDP by more than ``PRV_SLACK``. Both
+  are upper bounds on the same mechanism's epsilon, and Opacus' PRV value is
+  its upper estimate, at most ``2 * eps_error`` above the true curve (its
+  lower estimate is ``eps_error`` below it and the true value is at most the
+  RDP bound). PRV below RDP is expected (RDP is looser) and is not a flag.
+- ``over-budget``: epsilon after a round exceeds the keeper's budget.
+- ``unit-mismatch`` / ``delta-mismatch``: an entry disagrees with its ledger.
+
+PRV evaluations are cached per history and capped at ``MAX_PRV`` distinct
+histories per audit (about 1-3 s each on two cores): final states first, then
+rounds in order; any state left out says so in its ``prv_error``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+from opacus.accountants import RDPAccountant
+
+from common.privacy.accounting import PRV_EPS_ERROR, AccountingError, Entry, compute_epsilon, merge_history
+from common.report.run_reader import Account
+
+LEDGER_REL_TOL = 1e-6  # the ledger stores float64 epsilons of the same arithmetic: agreement is ~1e-15
+PRV_SLACK = 2 * PRV_EPS_ERROR  # PRV's upper estimate may sit up to 2 x eps_error above a tight RDP bound
+MAX_PRV = 40  # distinct histories given to PRV in one audit
+
+
+@dataclass(frozen=True)
+class Flag:
+    site: str
+    keeper: str
+    round: int | None
+    kind: str
+    severity: str  # "error" | "warning"
+    message: str
+
+
+def _key(history: Sequence[Entry]) -> tuple:
+    return tuple((float(s), float(q), int(n)) for s, q, n in history if n > 0 and q > 0)
+
+
+class Recomputer:
+    """Caches epsilons per (history, delta) and counts PRV evaluations."""
+
+    def __init__(self, max_prv: int = MAX_PRV):
+        self.max_prv = max_prv
+        self._rdp: dict = {}
+        self._prv: dict = {}
+
+    def rdp(self, history: Sequence[Entry], delta: float) -> tuple[float, tuple[str, ...]]:
+        key = (_key(history), delta)
+        if key not in self._rdp:
+            if not key[0]:
+                self._rdp[key] = (0.0, ())
+            else:
+                acc = RDPAccountant()
+                acc.history = list(key[0])
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    eps, _alpha = acc.get_privacy_spent(delta=delta)
+                self._rdp[key] = (float(eps), tuple(dict.fromkeys(str(w.message) for w in caught)))
+        return self._rdp[key]
+
+    def prv(self, history: Sequence[Entry], delta: float, allow_new: bool = True) -> tuple[float | None, str | None]:
+        """(epsilon, None) or (None, reason PRV could not give one)."""
+        key = (_key(history), delta)
+        if key in self._prv:
+            return self._prv[key]
+        if not key[0]:
+            return 0.0, None
+        if not allow_new or len(self._prv) >= self.max_prv:
+            return None, f"not computed: this audit's limit of {self.max_prv} PRV evaluations was reached"
+        try:
+            self._prv[key] = (compute_epsilon(list(key[0]), delta, "prv").epsilon, None)
+        except AccountingError as ex:
+            self._prv[key] = (None, ex.reason)
+        return self._prv[key]
+
+
+def _rel_close(stored: float, recomputed: float) -> bool:
+    if math.isinf(stored) or math.isinf(recomputed):
+        return stored == recomputed
+    return abs(stored - recomputed) <= LEDGER_REL_TOL * max(abs(recomputed), 1e-12)
+
+
+def _num(x: float | None) -> float | None:
+    """JSON-safe: finite numbers only (an infinite epsilon is reported as null plus a reason)."""
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _spend(e) -> dict:
+    return {"mechanism": e.mechanism, "noise_multiplier": e.noise_multiplier, "clip_norm": e.clip_norm,
+            "sample_rate": e.sample_rate, "steps": e.steps, "status": e.status,
+            "epsilon_ledger": _num(e.epsilon_so_far), "epsilon_ledger_infinite": math.isinf(e.epsilon_so_far)}
+
+
+def recompute_account(acc: Account, rc: Recomputer, flags: list[Flag]) -> dict:
+    """Rounds with both recomputations, the final state, and flags appended to ``flags``."""
+    def flag(rnd, kind, msg):
+        flags.append(Flag(acc.site, acc.keeper, rnd, kind, "error", msg))
+
+    history = list(acc.prior_history)
+    own = "rdp" if acc.accountant == "rdp" else "prv"
+    rounds: list[dict] = []
+    for e in acc.entries:
+        if e.unit != acc.unit:
+            flag(e.round, "unit-mismatch", f"entry of round {e.round} is {e.unit}-level in a {acc.unit}-level ledger")
+        if e.delta != acc.delta:
+            flag(e.round, "delta-mismatch", f"entry of round {e.round} has delta {e.delta}, the ledger {acc.delta}")
+        history = merge_history(history, [e.spend().entry()])
+        if own == "rdp":
+            eps_own = rc.rdp(history, acc.delta)[0]
+        else:
+            eps_own = rc.prv(history, acc.delta)[0]
+            eps_own = math.inf if eps_own is None else eps_own
+        if not _rel_close(e.epsilon_so_far, eps_own):
+            flag(e.round, "ledger-inconsistent",
+                 f"round {e.round} {e.mechanism}: the ledger says epsilon {e.epsilon_so_far:.10g}, its history "
+                 f"recomputed with {own.upper()} gives {eps_own:.10g} (prior history: {acc.prior_source})")
+        if not rounds or rounds[-1]["round"] != e.round:
+            rounds.append({"round": e.round, "spends": [], "_history": None})
+        rounds[-1]["spends"].append(_spend(e))
+        rounds[-1]["_history"] = list(history)
+    finals = [rounds[-1]["_history"]] if rounds else []
+    for h in finals:  # the final state gets a PRV evaluation before any per-round one
+        rc.prv(h, acc.delta)
+    for r in rounds:
+        h = r.pop("_history")
+        eps_rdp, rdp_warn = rc.rdp(h, acc.delta)
+        eps_prv, prv_err = rc.prv(h, acc.delta)
+        r.update(epsilon_rdp=_num(eps_rdp), epsilon_rdp_infinite=math.isinf(eps_rdp), rdp_warnings=list(rdp_warn),
+                 epsilon_prv=_num(eps_prv), prv_error=prv_err,
+                 budget_left=_num(acc.budget - (eps_rdp if own == "rdp" else (eps_prv if eps_prv is not None else math.inf))))
+        if eps_prv is not None and eps_prv > eps_rdp + PRV_SLACK:
+            flag(r["round"], "accountants-disagree",
+                 f"round {r['round']}: PRV gives {eps_prv:.4f} > RDP {eps_rdp:.4f} + slack {PRV_SLACK}")
+        spent = eps_rdp if own == "rdp" else (eps_prv if eps_prv is not None else math.inf)
+        if spent > acc.budget and any(s["steps"] > 0 for s in r["spends"]):
+            flag(r["round"], "over-budget", f"round {r['round']}: epsilon {spent:.4g} > budget {acc.budget:.4g}")
+    return {"rounds": rounds, "history": [list(e) for e in history]}
