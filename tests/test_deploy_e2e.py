@@ -62,7 +62,10 @@ def test_tls_node_auth_two_sites_two_rounds(tmp_path):
 
         out = tmp_path / "run"
         rc = bench.run_config(tmp_path, sites=2, rounds=2, privacy="record")
-        rc.update({"out-dir": str(out), "site-wait": 120.0})
+        # teacher-momentum 1: the teacher stays the source one, so round 2 needs no new teacher query (in deployment
+        # every message starts a ClientApp process that imports torch, PyG and Opacus: ~10 s each on 2 cores);
+        # round 1 still sends it, round 2 shows that a site holding the version is not sent it again
+        rc.update({"out-dir": str(out), "site-wait": 120.0, "teacher-momentum": 1.0})
         pairs = " ".join(f"{k}={json.dumps(v)}" for k, v in rc.items() if k != "state-dir")
         t0 = time.monotonic()
         res = fedgckd("server", "run", "--state", op, "-c", pairs, "--timeout", 240, "--json", tmp_path / "status.json",
@@ -91,6 +94,8 @@ def test_tls_node_auth_two_sites_two_rounds(tmp_path):
             assert 0 < led.epsilon() <= 8.0
             assert ledger["final_epsilon"][f"site-{k}"] == pytest.approx(led.epsilon())
         assert (op / "runs" / f"run-{status['run-id']}.log").read_text().count("Aggregated MetricRecord") >= 2
+        site_log = (tmp_path / "site-0.log").read_text()
+        assert site_log.count("Sending: query.teacher") == 1 and site_log.count("Sending: train") == 2
         print(f"deployed run: {wall:.0f}s from submission to finished:completed; intruder exit code {code}")
     finally:
         for p in reversed(procs):

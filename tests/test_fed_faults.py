@@ -18,11 +18,14 @@ import pytest
 
 from fed_support import TARGET, shared_bench
 
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
 from common.federation.config import FedConfig  # noqa: E402
 from common.privacy.ledger import SiteLedger  # noqa: E402
 from simulations.inprocess import run_inprocess  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta:UserWarning")
+TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +159,37 @@ def test_fault_plan_is_checked():
         mp.delenv("FEDGCKD_FAULTS")
         assert f.plan() == {}
     assert Path(f.__file__).name == "faults.py"
+
+
+def test_a_restarted_site_charges_each_site_level_round_once(bench, tmp_path):
+    """Site-level DP with Poisson sampling: a site charges the rounds since the last one it charged. After a
+    restart (Flower state gone) it reads that round from its disk (per run key), so it neither charges a round
+    twice nor forgets one."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+    from client.app import app as client_app
+    from server.task import ServerTask
+
+    rc = bench.run_config(tmp_path, privacy="site", mode="full", rounds=4)
+    task = ServerTask(FedConfig.from_run_config(rc).validate())
+    arrays, tcfg = task.teacher_payload()
+
+    def context():  # a fresh Context: what a restarted SuperNode has
+        return Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 3}, state=RecordDict(),
+                       run_config=rc)
+
+    def train(ctx, server_round, run_key="run-a"):
+        conf = {"server-round": server_round, "teacher-version": task.teacher_version, "run-key": run_key,
+                "site-noise-multiplier": 4.0, "site-sample-rate": 0.5, "clipping_norm": 1.0}
+        msg = Message(RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in task.student_arrays().items()}),
+                                  "config": ConfigRecord(conf)}), message_type="train", dst_node_id=1)
+        return client_app(msg, ctx)
+
+    ctx = context()
+    client_app(Message(RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                                   "config": ConfigRecord(dict(tcfg))}), message_type="query.teacher", dst_node_id=1), ctx)
+    train(ctx, 1)
+    train(context(), 3)  # restarted; rounds 2 and 3 are due (the site was not sampled in round 2)
+    train(context(), 4, run_key="run-b")  # another run: its rounds are counted from its own start
+    led = SiteLedger.load(tmp_path / "sites" / "site-0" / "ledger-site.json")
+    assert [(e.round, e.steps) for e in led.entries] == [(1, 1), (3, 2), (4, 4)]

@@ -20,9 +20,9 @@ from common.models.heads import DualHeads
 
 @dataclass
 class PairFinetuneConfig:
-    epochs: int = 8  # the same fixed schedule as AdaptConfig
+    epochs: int = 20  # the same fixed schedule as AdaptConfig
     batch_size: int = 64  # records per step, as in AdaptConfig
-    lr: float = 3e-4
+    lr: float = 1e-3  # as AdaptConfig
     weight_decay: float = 1e-4
     tau: float = 0.05
     seed: int = 0

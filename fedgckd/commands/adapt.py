@@ -21,7 +21,7 @@ def adapt(
     target: str = typer.Option(..., "--target", help="Target domain; only its train split's images and captions are read, never its identities."),
     out: Path = typer.Option(..., "--out", help="Checkpoint folder to write."),
     mode: str = typer.Option("full", "--mode", help="full (graph and negatives across target records) or per-record (each record's loss depends on that record and public data only)."),
-    epochs: int = typer.Option(8, "--epochs", help="Fixed schedule; the last epoch is kept (no selection on target data)."),
+    epochs: int = typer.Option(20, "--epochs", help="Fixed schedule; the last epoch is kept (no selection on target data)."),
     anchors: int = typer.Option(2048, "--anchors", help="Source anchors per modality in the public bank."),
     seed: int = typer.Option(0, "--seed"),
     cache: Path = typer.Option(None, "--cache", help=CACHE_HELP),
