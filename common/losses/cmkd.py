@@ -10,12 +10,16 @@ the student scores a set of candidates of the other modality:
   under record-level DP, the site's DP prototypes; fixed keys),
 
 and learns a soft contrastive target, as ALBEF's momentum distillation does:
-``target = (1 - kd_weight) * onehot(own pair) + kd_weight * q`` where
-``q = softmax(r_query . r_candidate / tau_teacher)`` comes from the momentum
-teacher *refined by GMP*. Plain pair contrast (kd_weight 0) treats a person's
-other images and captions in the batch as negatives; the refined teacher
-gives them mass instead, because GMP has pulled a person's samples together
-through the target graph.
+``target = (1 - kd_weight) * onehot(own pair) + kd_weight * q``.
+
+* ``full`` mode: batches are built from seeds and their nearest records in
+  the GMP-refined teacher graph, and ``q`` spreads equal mass over the own
+  pair and every candidate that is a *mutual* graph neighbour of the query's
+  record (pseudo-positives). Plain pair contrast would push a person's other
+  views in the batch away as negatives; GMP has pulled them together through
+  their captions, so they become positives instead.
+* otherwise (``per_record`` mode, or no graph): ``q = softmax(r_query .
+  r_candidate / tau_teacher)`` from the momentum teacher refined by GMP.
 
 In ``per_record`` mode the only candidates are the record's own pair and
 fixed public keys, and the teacher side is the record's own refined

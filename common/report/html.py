@@ -92,9 +92,11 @@ def _rounds(a: dict) -> str:
         for r in acc["rounds"]:
             for i, s in enumerate(r["spends"]):
                 last = i == len(r["spends"]) - 1
+                ran = s["mechanism"] != "none"  # a refused or skipped round released nothing
                 rows.append(_row([_e(acc["site"]), _e(acc["keeper"]), (0, r["round"]), _e(s["mechanism"]),
-                                  _e(s["status"]), (0, fmt(s["noise_multiplier"])), (0, fmt(s["clip_norm"])),
-                                  (0, fmt(s["sample_rate"])), (0, s["steps"]),
+                                  _e(s["status"]), (0, fmt(s["noise_multiplier"]) if ran else "-"),
+                                  (0, fmt(s["clip_norm"]) if ran else "-"), (0, fmt(s["sample_rate"]) if ran else "-"),
+                                  (0, s["steps"] if ran else "-"),
                                   (0, "inf" if s["epsilon_ledger_infinite"] else fmt(s["epsilon_ledger"], 6)),
                                   (0, fmt(r["epsilon_rdp"], 6) if last else ""),
                                   (0, (fmt(r["epsilon_prv"], 6) if r["epsilon_prv"] is not None else "n/a") if last else ""),
@@ -174,7 +176,8 @@ def render_html(audit: dict) -> str:
 <h2>Privacy guarantee</h2>{_privacy(audit)}
 <h2>Verdict per site</h2>{_verdicts(audit)}
 <h2>Epsilon over rounds</h2><figure id="epsilon-plot">{plot}</figure>
-<p class="muted">Lines: Opacus RDP recomputed from each ledger's raw history; crosses: Opacus PRV; dotted red: budget.</p>
+<p class="muted">Lines: Opacus RDP recomputed from each ledger's raw history (sites with identical spending draw
+one line over another); crosses: Opacus PRV; dotted red: budgets.</p>
 <h2>Checks</h2>{_flags(audit)}
 <h2>Mechanism per round</h2>{_rounds(audit)}
 <h2>Empirical audit</h2>{_empirical(audit)}
