@@ -146,7 +146,7 @@ def run_status(cli_home: Path, run_id: int) -> RunStatus:
     return RunStatus(int(run_id), str(row["status"]), str(row.get("status-details", "") or ""))
 
 
-def run_log(cli_home: Path, run_id: int) -> str:
+def fetch_log(cli_home: Path, run_id: int) -> str:
     proc = flwr(["log", str(run_id), FEDERATION, "--show"], cli_home)
     return proc.stdout + proc.stderr
 

@@ -211,3 +211,13 @@ def test_not_a_run_folder(tmp_path):
 
     res = CliRunner().invoke(app, ["audit", str(tmp_path)])
     assert res.exit_code == 2 and "ledger.json" in res.output
+
+
+def test_a_prv_enforced_ledger_is_checked_against_prv(tmp_path):
+    led = SiteLedger(site="site-0", unit="record", delta=DELTA, budget=8.0, accountant="prv")
+    led.record(1, [Spend("dp-sgd", 3.0, 0.1, 3, 1.0)], "trained", timestamp=1.8e9)
+    audit = build_audit(make_run(tmp_path, {"site-0": led}, 1))
+    acc = audit["accounts"][0]
+    assert audit["checks"]["ok"] and acc["accountant"] == "prv"
+    assert acc["epsilon"] == acc["epsilon_prv"] == pytest.approx(led.epsilon(), rel=1e-9)
+    assert "Opacus PRV" in audit["sites"][0]["reason"]

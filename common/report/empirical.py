@@ -48,8 +48,8 @@ from common.report.canaries import SCORES, make_canaries, pair_scores, update_sc
 METHOD = "one-run canary audit (Steinke, Nasr & Jagielski, NeurIPS 2023, arXiv:2305.08846)"
 STATEMENT = ("If training is (eps, delta)-DP then P[W >= v] <= f(v) + 2 m delta max_{1<=i<=v} (f(v-i) - f(v)) / i, "
              "with W the number of correct guesses among r, f(v) = P[Binomial(r, e^eps/(1+e^eps)) >= v] and m "
-             "canaries each included by an independent fair coin (main theorem for approximate DP, arXiv v1 "
-             "Corollary 5.4; computed as in its Appendix D). The lower bound is the largest eps for which the "
+             "canaries each included by an independent fair coin (the paper's main result for approximate DP, "
+             "computed as in its Appendix D). The lower bound is the largest eps for which the "
              "observed v has p-value < beta/len(k tried) (Bonferroni), i.e. 95% confidence overall.")
 SCORE_TEXT = {
     "update": "white-box: the canary's unit per-record gradient at the starting student projected on the site's "

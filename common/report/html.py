@@ -69,7 +69,7 @@ def _verdicts(a: dict) -> str:
                           _e(", ".join(map(str, s["rounds_trained"])) or "-"),
                           _e(", ".join(map(str, s["rounds_refused"])) or "-"), _e(s["reason"])],
                          "site-row", f' data-site="{_e(s["site"])}"'))
-    return ('<table id="verdicts">' + _head("site", "verdict", "epsilon spent", "PRV recomputation", "budget",
+    return ('<table id="verdicts">' + _head("site", "verdict", "epsilon spent", "Opacus PRV recomputation (same unit and delta)", "budget",
                                             "rounds trained", "rounds refused", "why") + "".join(rows) + "</table>")
 
 

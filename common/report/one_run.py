@@ -11,9 +11,10 @@ abstention on them) and ``v`` of them are correct. The mechanism audited is the
 map from the inclusion vector to the model, and the neighbouring relation is
 adding/removing one canary: the record-level relation of DP-SGD.
 
-Statement implemented (their main result for approximate DP: Theorem 3.1 in
-the paper's Section 3, proved as Corollary 5.4 in arXiv v1; evaluated exactly
-as their Appendix D code ``p_value_DP_audit`` / ``get_eps_audit``):
+Statement implemented: the paper's main result for approximate DP, the bound
+its Appendix D code ``p_value_DP_audit`` evaluates (cited by other
+implementations as Corollary 5.4 of arXiv v1; the numbering was not
+re-checked here, so the statement is written out in full):
 
     If the training is (eps, delta)-DP, then for every v,
         P[W >= v] <= f(v) + 2 m delta * max_{1<=i<=v} (f(v-i) - f(v)) / i,
@@ -26,8 +27,10 @@ still below beta: observing v correct guesses would be implausible (p < beta)
 for any (eps', delta)-DP mechanism with eps' <= that eps. It is found as in
 Appendix D (grow an upper bracket by 1, then bisect) with 40 bisection steps
 and returning the low end of the bracket (conservative: the reported value is
-one that was verified to be rejected). With delta = 0 this is Theorem 3.1's pure
-DP form, P[W >= v] <= f(v).
+one that was verified to be rejected). With delta = 0 this is the pure-DP form,
+P[W >= v] <= f(v). This implementation reproduces the paper's examples as
+other implementations quote them (0.673 for m=1000, r=100, v=75,
+delta=1e-4; 2.675 for m=1e5, r=1510, v=1439, delta=1e-5; both at beta=0.05).
 
 Guess rule (their "abstention" form): guess "in" for the ``k_plus`` highest
 scores and "out" for the ``k_minus`` lowest, abstain on the rest. Choosing the

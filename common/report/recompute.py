@@ -115,6 +115,19 @@ def _spend(e) -> dict:
             "epsilon_ledger": _num(e.epsilon_so_far), "epsilon_ledger_infinite": math.isinf(e.epsilon_so_far)}
 
 
+def _enforced(own: str, history: Sequence[Entry], delta: float, rc: Recomputer) -> tuple[float, str | None]:
+    """(epsilon by the accountant the ledger enforced, reason it could not be re-checked or None).
+
+    A PRV failure counts as infinite (what the ledger itself records then); only the evaluation cap
+    leaves an entry unchecked."""
+    if own == "rdp":
+        return rc.rdp(history, delta)[0], None
+    eps, why = rc.prv(history, delta)
+    if eps is None and why and why.startswith("not computed"):
+        return math.inf, why
+    return (math.inf if eps is None else eps), None
+
+
 def recompute_account(acc: Account, rc: Recomputer, flags: list[Flag]) -> dict:
     """Rounds with both recomputations, the final state, and flags appended to ``flags``."""
     def flag(rnd, kind, msg):
@@ -129,12 +142,10 @@ def recompute_account(acc: Account, rc: Recomputer, flags: list[Flag]) -> dict:
         if e.delta != acc.delta:
             flag(e.round, "delta-mismatch", f"entry of round {e.round} has delta {e.delta}, the ledger {acc.delta}")
         history = merge_history(history, [e.spend().entry()])
-        if own == "rdp":
-            eps_own = rc.rdp(history, acc.delta)[0]
-        else:
-            eps_own = rc.prv(history, acc.delta)[0]
-            eps_own = math.inf if eps_own is None else eps_own
-        if not _rel_close(e.epsilon_so_far, eps_own):
+        eps_own, why_not = _enforced(own, history, acc.delta, rc)
+        if why_not:
+            acc.notes.append(f"round {e.round}: the stored epsilon was not re-checked ({why_not})")
+        elif not _rel_close(e.epsilon_so_far, eps_own):
             flag(e.round, "ledger-inconsistent",
                  f"round {e.round} {e.mechanism}: the ledger says epsilon {e.epsilon_so_far:.10g}, its history "
                  f"recomputed with {own.upper()} gives {eps_own:.10g} (prior history: {acc.prior_source})")

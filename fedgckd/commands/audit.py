@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
 def print_summary(audit: dict, json_path: Path, html_path: Path) -> None:
     from common.report.wording import VERDICTS, eps_label
 
-    table = Table("site", "verdict", "epsilon spent", "PRV", "budget")
+    table = Table("site", "verdict", "epsilon spent", "Opacus PRV (same unit, delta)", "budget")
     for s in audit["sites"]:
         eps = "-" if s["unit"] is None else eps_label(float("inf") if s.get("epsilon_infinite") else s["epsilon"],
                                                     s["unit"], s["delta"], s["accountant"])

@@ -14,6 +14,7 @@ from fedgckd.progress import console
 
 app = typer.Typer(help="Run the federation server (a Flower SuperLink), register sites, submit runs.",
                   no_args_is_help=True)
+SERVER_PATHS = ("data-dir", "teacher", "cache-dir", "out-dir")  # run-config paths the server reads or writes
 StateOpt = typer.Option(..., "--state", help="The operator's folder (SuperLink state, CLI connection, staged app, run configs).")
 
 
@@ -82,12 +83,15 @@ def run(
     json_out: Path = typer.Option(None, "--json", help="Also write the final status as JSON here."),
 ) -> None:
     """Submit a federated run and wait; the exit code follows the run's status (finished:completed = 0)."""
-    from server.submit import RunFailed, merge_run_config, run_log, submit_and_wait
+    from server.submit import RunFailed, fetch_log, merge_run_config, submit_and_wait
     from server.superlink import read_server_info
 
     with user_errors():
         read_server_info(state)
         rc = merge_run_config(pairs or [], config or [])
+        for key in SERVER_PATHS:  # the ServerApp runs in the SuperLink's folder: paths relative to here would break
+            if isinstance(rc.get(key), str) and rc[key] and not Path(rc[key]).is_absolute():
+                rc[key] = str(Path(rc[key]).resolve())
         try:
             st = submit_and_wait(state, rc, timeout, app_dir,
                                  on_status=lambda s: console.print(f"run {s.run_id}: {s.status} {s.details}".rstrip()))
@@ -101,7 +105,7 @@ def run(
         atomic_write_json(json_out, result)
     console.print(json.dumps(result), soft_wrap=True)
     if not st.ok:
-        tail = run_log(state.resolve() / "cli", st.run_id)[-4000:]
+        tail = fetch_log(state.resolve() / "cli", st.run_id)[-4000:]
         console.print(f"[bold red]run {st.run_id} did not complete: {st.status}[/]\n{tail}", soft_wrap=True)
         raise typer.Exit(1)
 
@@ -111,11 +115,15 @@ def status(
     run_id: int = typer.Argument(..., help="The run's id (printed by `fedgckd server run`)."),
     state: Path = StateOpt,
 ) -> None:
-    """A run's status as the SuperLink reports it (exit 0 only for finished:completed)."""
-    from server.submit import run_status
+    """A run's status as the SuperLink reports it (exit 0: finished:completed, 1: failed or stopped, 3: not finished)."""
+    from server.submit import RunFailed, run_status
 
     with user_errors():
-        st = run_status(state.resolve() / "cli", run_id)
+        try:
+            st = run_status(state.resolve() / "cli", run_id)
+        except RunFailed as ex:
+            console.print(f"[bold red]error:[/] {ex}")
+            raise typer.Exit(1) from None
     console.print(json.dumps({"run-id": st.run_id, "status": st.status, "details": st.details}), soft_wrap=True)
     if not st.ok:
-        raise typer.Exit(1)
+        raise typer.Exit(1 if st.finished else 3)

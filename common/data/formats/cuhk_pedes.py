@@ -21,10 +21,7 @@ Layout::
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from common.data.formats.validate import FormatSpec, Progress, load_format
-from common.data.records import Dataset
+from common.data.formats.validate import FormatSpec, loader
 
 SPEC = FormatSpec(
     name="cuhk-pedes",
@@ -34,13 +31,4 @@ SPEC = FormatSpec(
 )
 
 
-def load(
-    root: Path | str,
-    *,
-    skip_bad: bool = False,
-    check_images: bool = True,
-    progress: Progress | None = None,
-    name: str | None = None,
-) -> Dataset:
-    """Load CUHK-PEDES from ``root`` (see `common.data.formats.validate.load_format`)."""
-    return load_format(SPEC, root, skip_bad=skip_bad, check_images=check_images, progress=progress, name=name)
+load = loader(SPEC)

@@ -20,10 +20,7 @@ The JSON is a list; each record is one image::
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from common.data.formats.validate import FormatSpec, Progress, load_format
-from common.data.records import Dataset
+from common.data.formats.validate import FormatSpec, loader
 
 SPEC = FormatSpec(
     name="rstpreid",
@@ -33,13 +30,4 @@ SPEC = FormatSpec(
 )
 
 
-def load(
-    root: Path | str,
-    *,
-    skip_bad: bool = False,
-    check_images: bool = True,
-    progress: Progress | None = None,
-    name: str | None = None,
-) -> Dataset:
-    """Load RSTPReid from ``root`` (see `common.data.formats.validate.load_format`)."""
-    return load_format(SPEC, root, skip_bad=skip_bad, check_images=check_images, progress=progress, name=name)
+load = loader(SPEC)

@@ -226,3 +226,16 @@ def load_format(
         if check_images and progress is not None:
             progress(index + 1, total)
     return ds
+
+
+def loader(spec: FormatSpec, format_name: str | None = None, name_from_folder: bool = False) -> Callable[..., Dataset]:
+    """The `load(root, *, skip_bad, check_images, progress, name)` function of one format."""
+
+    def load(root: Path | str, *, skip_bad: bool = False, check_images: bool = True, progress: Progress | None = None, name: str | None = None) -> Dataset:
+        root = Path(root).expanduser().resolve()
+        if name is None and name_from_folder:
+            name = root.name
+        return load_format(spec, root, skip_bad=skip_bad, check_images=check_images, progress=progress, name=name, format_name=format_name)
+
+    load.__doc__ = f"Load a {format_name or spec.name} dataset from ``root`` (see `load_format`)."
+    return load
