@@ -101,6 +101,11 @@ def main() -> None:
         seeds = [run_pair(bb, data, src, tgt, s, args.cache, args.epochs, set(args.runs)) for s in args.seeds]
         runs = {name: summarise([s[name] for s in seeds]) for name in RUNS if name in seeds[0]}
         pairs.append({"source": src, "target": tgt, "runs": runs})
+        report(args, pairs, t0)
+
+
+def report(args, pairs: list[dict], t0: float) -> None:
+    """Write the JSON and table for the pairs finished so far (so a long run is never lost)."""
     payload = {"backbone": args.backbone, "seeds": args.seeds, "epochs": args.epochs, "pairs": pairs, "command": command_line(), "machine": machine(), "seconds": round(time.perf_counter() - t0, 1)}
     names = [n for n in RUNS if n in pairs[0]["runs"]]
     lines = [

@@ -63,16 +63,14 @@ def build_app(overrides: Mapping[str, Any] | None = None) -> ClientApp:
     app = ClientApp()
     fixed = dict(overrides or {})
 
-    @app.query("teacher")
+    # faults.inject: test-only fault injection, a no-op unless FEDGCKD_FAULTS is set
+    @app.query("teacher", mods=[faults.inject])
     def teacher(msg: Message, context: Context) -> Message:
-        faults.before(faults.lookup(msg, context), context, query=True)  # test-only; off unless FEDGCKD_FAULTS
         return task.handle_query(msg, context, fixed)
 
-    @app.train(mods=[clip_when_asked])
+    @app.train(mods=[faults.inject, clip_when_asked])
     def train(msg: Message, context: Context) -> Message:
-        fault = faults.lookup(msg, context)  # test-only fault injection; None unless FEDGCKD_FAULTS is set
-        faults.before(fault, context)
-        return faults.corrupt(fault, task.handle_train(msg, context, fixed, fault))
+        return task.handle_train(msg, context, fixed)
 
     return app
 

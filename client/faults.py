@@ -68,6 +68,16 @@ def lookup(msg: Message, context: Context) -> str | None:
     return faults.get(site, {}).get(server_round)
 
 
+def inject(msg: Message, context: Context, call_next) -> Message:
+    """A ClientApp mod (put it first, outermost): dropouts and restarts before the site runs, corrupted
+    updates after everything else (the clipping mod included). Does nothing unless FEDGCKD_FAULTS is set."""
+    fault = lookup(msg, context)
+    if fault is None:
+        return call_next(msg, context)
+    before(fault, context, query=msg.metadata.message_type != "train")
+    return corrupt(fault, call_next(msg, context))
+
+
 def before(fault: str | None, context: Context, query: bool = False) -> None:
     """Faults that strike before the site does anything."""
     if fault == "drop":
@@ -77,8 +87,9 @@ def before(fault: str | None, context: Context, query: bool = False) -> None:
             del context.state[name]
 
 
-def strike(fault: str | None, point: str) -> None:
-    """`point`: "before-training" (after the write-ahead entry) or "after-training"."""
+def strike(msg: Message, context: Context, point: str) -> None:
+    """Crash here if asked. `point`: "before-training" (after the write-ahead entry) or "after-training"."""
+    fault = lookup(msg, context)
     if (fault, point) in (("crash", "before-training"), ("crash-late", "after-training")):
         raise InjectedFault(f"injected fault: the site crashed {point.replace('-', ' ')}")
 

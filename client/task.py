@@ -80,8 +80,7 @@ def run_local_round(*args, **kwargs):
     return run(*args, **kwargs)
 
 
-def handle_train(msg: Message, context: Context, overrides: Mapping[str, Any] | None = None,
-                 fault: str | None = None) -> Message:
+def handle_train(msg: Message, context: Context, overrides: Mapping[str, Any] | None = None) -> Message:
     from common.checkpoint import clone_heads
     from common.federation.site_budget import check_continuity, open_ledger, plan_round
     from common.privacy.ledger import LedgerError
@@ -120,12 +119,12 @@ def handle_train(msg: Message, context: Context, overrides: Mapping[str, Any] | 
     if led:
         led.save(settings.ledger_path())
         _remember(state, led, server_round, settings, run_key)
-    faults.strike(fault, "before-training")
+    faults.strike(msg, context, "before-training")  # test-only crash points; no-ops unless FEDGCKD_FAULTS is set
     student = clone_heads(teacher)
     load_arrays(student, arrays_in)
     seed = cfg.seed * 1_000_003 + settings.partition_id * 1_009 + server_round
     result = run_local_round(student, teacher, a_img, a_txt, site, names, cfg, plan.dp_sgd_noise, seed)
-    faults.strike(fault, "after-training")
+    faults.strike(msg, context, "after-training")
     if led:
         ran = [(s.mechanism, s.noise_multiplier, s.sample_rate, s.steps) for s in result.spends] if led.unit == "record" else None
         planned = [(s.mechanism, s.noise_multiplier, s.sample_rate, s.steps) for s in plan.spends]

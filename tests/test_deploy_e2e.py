@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from fed_support import TARGET, shared_bench
+from fed_support import shared_bench
 
 from common.deploy.procs import free_port, kill_tree, start, wait_for_port  # noqa: E402
 from common.privacy.ledger import SiteLedger  # noqa: E402
@@ -43,7 +43,8 @@ def site(k: int, n: int, link_port: int, pki, bench, tmp_path, key: str, env):
 
 def test_tls_node_auth_two_sites_two_rounds(tmp_path):
     bench = shared_bench()
-    env = {**os.environ, "FLWR_LOG_LEVEL": "INFO"}
+    # a fresh FLWR_HOME (the fedgckd commands give each Flower process its own under --state)
+    env = {**os.environ, "FLWR_LOG_LEVEL": "INFO", "FLWR_HOME": str(tmp_path / "flwr-home")}
     pki, op = tmp_path / "pki", tmp_path / "operator"
     assert fedgckd("certs", "make", "--out", pki, "--sites", 3).returncode == 0
     port = free_port()

@@ -20,7 +20,7 @@ import pytest
 
 from fed_support import TARGET, shared_bench
 
-from common.deploy.procs import _alive, descendants, kill_tree, start  # noqa: E402
+from common.deploy.procs import alive, descendants, kill_tree, start  # noqa: E402
 from common.privacy.ledger import SiteLedger  # noqa: E402
 from server.checkpoint import load_checkpoint, path_of  # noqa: E402
 
@@ -30,7 +30,8 @@ pytestmark = pytest.mark.slow
 def test_a_killed_server_resumes_from_its_checkpoint(tmp_path):
     bench = shared_bench()
     out = tmp_path / "run"
-    env = {**os.environ, "FEDGCKD_FAULTS": json.dumps({"site-2": {"3": "nan"}}), "RAY_DEDUP_LOGS": "0"}
+    env = {**os.environ, "FEDGCKD_FAULTS": json.dumps({"site-2": {"3": "nan"}}), "RAY_DEDUP_LOGS": "0",
+           "FLWR_HOME": str(tmp_path / "flwr-home")}
     args = ["simulate", "--data", str(bench.data), "--teacher", str(bench.teacher), "--target", TARGET,
             "--sites", "3", "--rounds", "3", "--out", str(out), "--cache", str(bench.cache), "--cpus", "1",
             "--privacy", "record", "--local-steps", "3", "--sample-rate", "0.5", "--set", "anchors=64",
@@ -48,7 +49,7 @@ def test_a_killed_server_resumes_from_its_checkpoint(tmp_path):
     finally:
         kill_tree(first.pid, grace=5, reap=first)
     assert first.returncode is not None and first.returncode != 0
-    assert not [p for p in tree if _alive(p)], "every process of the killed run is gone"
+    assert not [p for p in tree if alive(p)], "every process of the killed run is gone"
     ck = load_checkpoint(out)
     assert 1 <= ck.round < 3, "killed before the run finished"
     killed_at = ck.round

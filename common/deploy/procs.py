@@ -95,7 +95,7 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -126,7 +126,7 @@ def kill_tree(pid: int, grace: float = 10.0, reap: subprocess.Popen | None = Non
     this process started it (so it leaves no zombie)."""
     pids = [pid, *descendants(pid)]
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        pids = [p for p in pids + descendants(pid) if _alive(p)]
+        pids = [p for p in pids + descendants(pid) if alive(p)]
         if not pids:
             break
         _signal(pids, pid, sig)
@@ -134,7 +134,7 @@ def kill_tree(pid: int, grace: float = 10.0, reap: subprocess.Popen | None = Non
         while time.monotonic() < end:
             if reap is not None:
                 reap.poll()
-            if not any(_alive(p) for p in pids):
+            if not any(alive(p) for p in pids):
                 break
             time.sleep(0.1)
     if reap is not None:
