@@ -106,5 +106,8 @@ def _report(result: dict, out: Path) -> None:
 
     eps = read_json(out / "ledger.json").get("final_epsilon", {})
     if eps:
-        console.print("epsilon per site: " + ", ".join(f"{s} {e:.3f}" for s, e in sorted(eps.items())))
+        priv = read_json(out / "metrics.json").get("privacy", {})
+        unit = {"record": "record-level", "site": "site-level"}.get(priv.get("mode"), str(priv.get("mode")))
+        what = f"({unit}, delta = {priv.get('delta')}, Opacus {str(priv.get('accountant', 'rdp')).upper()})"
+        console.print(f"epsilon per site {what}: " + ", ".join(f"{s} {e:.3f}" for s, e in sorted(eps.items())))
     console.print(f"wrote {out}/model, metrics.json, ledger.json ({result.get('wall_s', 0):.1f}s)")
