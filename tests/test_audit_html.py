@@ -14,13 +14,13 @@ import re
 import shutil
 import signal
 import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from html_rows import site_rows
 from test_audit_report import four_site_run
 
 from common.report.write import write_audit
@@ -68,17 +68,6 @@ def without_plot(html: str) -> str:
     return html[:svg_body] + html[svg_close:]
 
 
-class Rows(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.sites: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "tr" and "site-row" in (a.get("class") or "").split():
-            self.sites.append(a["data-site"])
-
-
 def test_report_renders_in_chromium_with_the_plot_and_every_site(tmp_path):
     audit, _, html_path = write_audit(four_site_run(tmp_path), max_prv=0)
     html = html_path.read_text()
@@ -99,7 +88,5 @@ def test_report_renders_in_chromium_with_the_plot_and_every_site(tmp_path):
     assert ink(shot) > 0.03 and ink(ref) < 0.005, (ink(shot), ink(ref))
 
     dom = chromium(["--dump-dom", html_path.as_uri()], tmp_path)
-    rows = Rows()
-    rows.feed(dom)
-    assert rows.sites == [s["site"] for s in audit["sites"]] == ["site-0", "site-1", "site-2", "site-3"]
+    assert site_rows(dom) == [s["site"] for s in audit["sites"]] == ["site-0", "site-1", "site-2", "site-3"]
     assert "budget exhausted" in dom and "refused" in dom and "no ledger record" in dom

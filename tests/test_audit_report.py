@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+
+from html_rows import site_rows
 
 from common.federation.config import FedConfig
 from common.privacy.ledger import SiteLedger, Spend
@@ -99,25 +100,10 @@ def test_verdicts_recomputations_and_schema(tmp_path):
     assert {m["name"] for m in audit["privacy"]["mechanisms"]} == {"dp-sgd", "dp-kmeans-prototypes"}
     assert audit["code"]["report"]["package"] == "fedgckd" and audit["code"]["run"] is None
     assert audit["run"]["config"]["sites"] == 4 and audit["empirical"] is None
-    rows = _site_rows(html_path.read_text())
+    rows = site_rows(html_path.read_text())
     assert rows == ["site-0", "site-1", "site-2", "site-3"]
 
 
-class _Rows(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.sites: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "tr" and "site-row" in (a.get("class") or "").split():
-            self.sites.append(a["data-site"])
-
-
-def _site_rows(html: str) -> list[str]:
-    p = _Rows()
-    p.feed(html)
-    return p.sites
 
 
 def test_a_tampered_ledger_is_flagged_and_strict_mode_fails(tmp_path):
