@@ -27,7 +27,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord  # 
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
 from common.federation.config import ConfigError, FedConfig  # noqa: E402
-from common.privacy.site_level import noise_for_site_level, site_sample_rate  # noqa: E402
+from common.privacy.site_level import aggregate_noise_to_clip, noise_for_site_level, site_sample_rate  # noqa: E402
 from server.checkpoint import (ServerCheckpoint, capture_rng, check_same_run, load_checkpoint,  # noqa: E402
                                restore_rng, save_checkpoint)
 from server.run_log import RunLog  # noqa: E402
@@ -55,7 +55,15 @@ def run(grid: Grid, run_config: Mapping[str, Any], overrides: Mapping[str, Any] 
     privacy = {"mode": cfg.privacy, "loss_mode": cfg.mode, "epsilon_budget": cfg.epsilon, "delta": cfg.delta,
                "accountant": cfg.accountant, "clip_norm": cfg.clip_norm}
     if cfg.privacy == "site":
-        privacy.update(unit="site", central_noise_multiplier=sigma, site_sample_rate=q, sampling=cfg.site_sampling)
+        ratio = aggregate_noise_to_clip(sigma, int(task.sizes["trainable_parameters"]), cfg.sampled_per_round)
+        privacy.update(unit="site", central_noise_multiplier=sigma, site_sample_rate=q, sampling=cfg.site_sampling,
+                       aggregate_noise_to_clip=round(ratio, 3))
+        if ratio > 1.0:
+            log.warning("site-level DP: the noise on each round's mean update has about %.3g times the norm of the "
+                        "largest possible mean update (sigma %.3g, %d trained parameters, %d sites per round); the model "
+                        "will mostly follow noise. Sample more sites per round, train fewer parameters "
+                        "(train-params) or allow a larger epsilon.", ratio, sigma,
+                        int(task.sizes["trainable_parameters"]), cfg.sampled_per_round)
     elif cfg.privacy == "record":
         privacy.update(unit="record", dp_sgd_sample_rate=cfg.sample_rate, local_steps=cfg.local_steps)
     header = {"config": cfg.to_run_config(), "model_bytes": task.sizes, "privacy": privacy, "source": task.source,

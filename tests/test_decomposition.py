@@ -132,3 +132,27 @@ def test_pack_texts_round_trip():
     pack = RecordPack(torch.zeros(3, DI), torch.zeros(3, 2, DT), torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]]))
     out = pack_texts(r, t2i, pack)
     assert out[0, 1, 0] == 1 and out[1, 0, 0] == 2 and out[1, 1].abs().sum() == 0 and out[2, 1, 0] == 4
+
+
+def test_record_view_for_neighbour_groups():
+    """Records are grouped by their mean refined caption, their refined image, or both (hand-worked)."""
+    import math
+
+    import pytest
+
+    from common.train.adapt import AdaptConfig, _neighbour_groups, _record_view
+
+    r_img = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    r_txt = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])  # record 0 has two captions
+    t2i = torch.tensor([0, 0, 1, 2])
+    assert torch.equal(_record_view(r_img, r_txt, t2i, AdaptConfig(group_by="image")), r_img)
+    text = _record_view(r_img, r_txt, t2i, AdaptConfig(group_by="text"))
+    assert torch.allclose(text, torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]))
+    both = _record_view(r_img, r_txt, t2i, AdaptConfig(group_by="image+text"))
+    s = 1 / math.sqrt(2)
+    assert torch.allclose(both, torch.tensor([[s, 0, 0, s], [0, s, s, 0], [s, 0, 0, s]]))
+    # by text, record 0's nearest is record 2 (same caption direction), not record 1
+    groups = _neighbour_groups(text, AdaptConfig(group_size=2))
+    assert groups[0].tolist() == [2] and groups[2].tolist() == [0]
+    with pytest.raises(ValueError, match="group_by"):
+        _record_view(r_img, r_txt, t2i, AdaptConfig(group_by="pixels"))

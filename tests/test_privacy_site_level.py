@@ -47,3 +47,36 @@ def test_plan_refuses_when_prototypes_eat_the_budget():
         plan_record_level(1.0, DELTA, 10, 40, 0.01, prototype_iters_per_round=5, prototype_noise=1.0)
     with pytest.raises(ValueError):
         plan_record_level(1.0, DELTA, 10, 40, 0.01, prototype_iters_per_round=5, prototype_noise=0.0)
+
+
+def test_aggregate_noise_ratio_matches_sampled_noise():
+    """The closed form against the norm of noise drawn as Flower's DP wrapper draws it (std sigma*C/k)."""
+    import torch
+
+    from common.privacy.site_level import aggregate_noise_to_clip
+
+    sigma, d, k, clip = 1.3, 40_000, 10, 0.7
+    g = torch.Generator().manual_seed(0)
+    drawn = torch.normal(0.0, sigma * clip / k, (20, d), generator=g).norm(dim=1).mean().item() / clip
+    assert aggregate_noise_to_clip(sigma, d, k) == pytest.approx(drawn, rel=0.01)
+    with pytest.raises(ValueError):
+        aggregate_noise_to_clip(1.0, 10, 0)
+
+
+def test_automatic_prototype_noise_spends_its_share():
+    """The automatic prototype noise: the run's releases cost the configured share of epsilon, recomputed."""
+    from common.federation.config import FedConfig
+
+    for eps in (1.0, 8.0):
+        cfg = FedConfig(epsilon=eps, rounds=10, prototype_iters=1, prototypes=8, prototype_budget_share=0.25)
+        sigma = cfg.prototype_noise_multiplier()
+        assert epsilon([(sigma, 1.0, 20)], DELTA) == pytest.approx(0.25 * eps, rel=0.02)
+        # and the record-level plan then fits the whole budget with room left for DP-SGD
+        plan = plan_record_level(eps, DELTA, 10, 20, 0.25, prototype_iters_per_round=2, prototype_noise=sigma)
+        assert plan.prototype_epsilon == pytest.approx(0.25 * eps, rel=0.02)
+        assert plan.projected_epsilon == pytest.approx(eps, rel=0.01)
+    assert FedConfig(prototype_noise=7.0).prototype_noise_multiplier() == 7.0
+    from common.federation.config import ConfigError
+
+    with pytest.raises(ConfigError, match="prototype-budget-share"):  # too small to certify with RDP
+        FedConfig(epsilon=0.2, rounds=10, prototype_budget_share=0.1).prototype_noise_multiplier()

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 PRIVACY_MODES = ("none", "record", "site")
 LOSS_MODES = ("full", "per-record")
 PARTITIONS = ("by-identity", "dirichlet", "by-style")
-TRAIN_PARAM_PRESETS = ("last", "all")
+TRAIN_PARAM_PRESETS = ("last", "all", "norms+biases")
 
 
 class ConfigError(ValueError):
@@ -43,14 +43,17 @@ class FedConfig:
     seed: int = 0  # partition, anchor bank, data order; never DP noise or the sampling of sites (those use OS randomness)
     # --- method ---
     mode: str = "per-record"  # per-record: each record's loss reads only itself and public data (the record-DP form)
-    local_steps: int = 20  # steps per site per round; ~1 epoch of a 1,300-record site at rate 0.05
-    lr: float = 0.0  # 0 = the optimiser's own default: SGD 0.05 under DP-SGD, AdamW 3e-4 otherwise
+    local_steps: int = 20  # steps per site per round; 5 epochs of a site at DP-SGD rate 0.25, ~7 of a 180-record site at batch 64
+    lr: float = 0.0  # 0 = the optimiser's own default: SGD 0.01 under DP-SGD, AdamW 1e-3 otherwise
     batch_size: int = 64  # records per step when not under DP-SGD (as in one-machine adaptation)
     teacher_momentum: float = 0.8  # EMA per round; ~0.99 per step over 20 local steps, as in one-machine CMKD
     anchors: int = 1024  # source anchors per modality; public, sent once per teacher version
     prototypes: int = 8  # DP k-means prototypes per modality (per-record mode); few, so each has members
     prototype_iters: int = 1  # noisy Lloyd iterations per round; each one is a Gaussian release
-    prototype_noise: float = 10.0  # their noise multiplier; 2 releases/round cost ~0.1 eps/round at delta 1e-5
+    prototype_noise: float = 0.0  # their noise multiplier; 0 = automatic: the run's releases cost prototype-budget-share
+    # of epsilon (a fixed noise, e.g. 10, cost 1.9 of an epsilon-1 budget over 10 rounds, leaving nothing to train)
+    prototype_budget_share: float = 0.25  # share of epsilon the prototype releases may cost (automatic noise); Opacus'
+    # RDP orders (up to 63) cannot certify much below ~0.2 at delta 1e-5, so a tenth of epsilon 1 would not do
     train_params: str = "last"  # "last" (last Linear of each head), "all", or comma-separated name prefixes
     partition: str = "dirichlet"  # non-IID by default
     alpha: float = 0.5  # Dirichlet concentration; 0.5 is the usual "clearly non-IID" setting
@@ -60,7 +63,8 @@ class FedConfig:
     delta: float = 1e-5  # below 1/records of a typical site
     noise_multiplier: float = 0.0  # > 0 overrides the noise derived from epsilon
     clip_norm: float = 1.0  # per-record gradient bound (record) or per-site update bound (site)
-    sample_rate: float = 0.05  # Poisson rate of DP-SGD at each site
+    sample_rate: float = 0.25  # Poisson rate of DP-SGD at each site; at a fixed epsilon larger batches give a better
+    # signal-to-noise ratio (noise std of the mean gradient ~ sigma/(q N), and sigma grows slower than q)
     accountant: str = "rdp"  # Opacus RDP is primary (DESIGN.md section 4)
     # --- server-side checks ---
     max_update_norm: float = 0.0  # 0 = automatic (site: clip-norm; otherwise 2 x norm of the broadcast)
@@ -108,6 +112,22 @@ class FedConfig:
         """'none' (every site, q=1) or 'poisson' (each site independently at rate k/sites)."""
         return "none" if self.sampled_per_round == self.sites else "poisson"
 
+    def prototype_noise_multiplier(self) -> float:
+        """Noise of each DP prototype release: prototype-noise if > 0, else the noise at which the whole run's
+        releases (rounds x 2 modalities x prototype-iters) cost prototype-budget-share of epsilon alone."""
+        if self.prototype_noise > 0 or self.prototypes == 0 or self.prototype_iters == 0:
+            return self.prototype_noise
+        from common.privacy.accounting import AccountingError
+        from common.privacy.noise_calibration import prototype_noise_for
+
+        share = self.prototype_budget_share * self.epsilon
+        try:
+            return prototype_noise_for(share, self.delta, self.rounds * 2 * self.prototype_iters, self.accountant)
+        except AccountingError as ex:
+            raise ConfigError(f"cannot give the DP prototypes epsilon {share:.3g} ({self.prototype_budget_share} of "
+                              f"{self.epsilon}) at delta {self.delta:g}: {ex}. Raise prototype-budget-share, set "
+                              "prototype-noise explicitly, or set prototypes=0") from None
+
     # ---- checks ----------------------------------------------------------------------------
     def validate(self) -> "FedConfig":
         """Raise ConfigError on a bad value or an unsafe combination; returns self."""
@@ -129,7 +149,8 @@ class FedConfig:
             ("clip-norm", self.clip_norm > 0), ("sample-rate", 0 < self.sample_rate <= 1),
             ("teacher-momentum", 0 <= self.teacher_momentum <= 1), ("anchors", self.anchors >= 1),
             ("prototypes", self.prototypes >= 0), ("prototype-iters", self.prototype_iters >= 0),
-            ("prototype-noise", self.prototype_noise > 0 or self.prototypes == 0 or self.prototype_iters == 0),
+            ("prototype-noise", self.prototype_noise >= 0 and math.isfinite(self.prototype_noise)),
+            ("prototype-budget-share", 0 < self.prototype_budget_share < 1),
             ("alpha", self.alpha > 0), ("lr", self.lr >= 0), ("batch-size", self.batch_size >= 1),
             ("max-update-norm", self.max_update_norm >= 0), ("train-params", bool(self.train_params.strip())),
             ("site-wait", self.site_wait >= 0 and math.isfinite(self.site_wait)),

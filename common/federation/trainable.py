@@ -6,6 +6,11 @@ Spec (run-config ``train-params``):
   bytes including the frozen trunks), DP noise is spread over fewer
   coordinates, and the rest of each head keeps the teacher's source solution.
 - ``all``: every head parameter (LayerNorms included).
+- ``norms+biases``: every LayerNorm's scale and shift and every Linear's bias
+  (about 7,000 numbers with minilm-effnet): the per-dimension affine maps of
+  the trunk features and hidden units. Under record-level DP-SGD the noise
+  grows with the square root of the trained coordinates, so this is the
+  setting that keeps a useful signal at small sites (BitFit-style DP fine-tuning).
 - a comma-separated list of parameter-name prefixes, e.g.
   ``text_head.net.4,image_head.net.4``; a prefix that matches nothing raises.
 
@@ -28,6 +33,13 @@ def trainable_names(heads: DualHeads, spec: str = "last") -> list[str]:
     names = [n for n, _ in heads.named_parameters()]
     if spec == "all":
         return names
+    if spec == "norms+biases":
+        chosen = {n for n, _ in heads.named_parameters() if n.endswith(".bias")}
+        for head_name in ("text_head", "image_head"):
+            for mod_name, m in getattr(heads, head_name).named_modules():
+                if isinstance(m, nn.LayerNorm):
+                    chosen |= {f"{head_name}.{mod_name}.{p}" for p, _ in m.named_parameters()}
+        return [n for n in names if n in chosen]
     if spec == "last":
         chosen = set()
         for head_name in ("text_head", "image_head"):

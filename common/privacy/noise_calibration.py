@@ -67,6 +67,14 @@ def plan_record_level(target_eps: float, delta: float, rounds: int, steps_per_ro
     )
 
 
+def prototype_noise_for(target_eps: float, delta: float, releases: int, accountant: str = "rdp") -> float:
+    """Noise multiplier at which `releases` Gaussian releases (sensitivity-normalised, no sampling) cost
+    `target_eps` at `delta` together."""
+    if releases < 1:
+        raise ValueError("releases must be >= 1")
+    return noise_multiplier_for(target_eps, delta, 1.0, releases, accountant=accountant)
+
+
 def round_spending(dp_sgd_noise: float, sample_rate: float, steps_per_round: int,
                    prototype_iters_per_round: int = 0, prototype_noise: float = 0.0) -> list[Entry]:
     """The history entries one round of the plan adds (prototypes first, as the client runs them)."""

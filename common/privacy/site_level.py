@@ -57,3 +57,15 @@ def noise_for_site_level(target_eps: float, delta: float, sites_per_round: int, 
     """Smallest server noise multiplier so that ``rounds`` rounds fit ``(target_eps, delta)`` per site."""
     q = site_sample_rate(sites_per_round, total_sites, sampling)
     return noise_multiplier_for(target_eps, delta, q, rounds, accountant=accountant, prior_history=prior_history)
+
+
+def aggregate_noise_to_clip(noise_multiplier: float, trainable_parameters: int, sites_per_round: int) -> float:
+    """Expected norm of the noise added to the averaged update, in units of the clip norm.
+
+    Flower's DP wrapper adds N(0, (sigma * C / k)^2) to each of the d coordinates of the mean of k clipped
+    updates; its norm is about sigma * sqrt(d) / k times C, while the mean update itself is at most C.
+    Well above 1, the aggregate mostly follows noise: more sites per round or fewer trained parameters help.
+    """
+    if sites_per_round < 1 or trainable_parameters < 1:
+        raise ValueError("sites_per_round and trainable_parameters must be >= 1")
+    return noise_multiplier * trainable_parameters ** 0.5 / sites_per_round

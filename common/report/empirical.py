@@ -144,7 +144,7 @@ def run_canary_audit(teacher: DualHeads, site: FeatureSet, anchor_images: torch.
     training = {"rounds": len(noise_per_round), "noise_multiplier": [float(s) for s in noise_per_round],
                 "sample_rate": fed.sample_rate, "steps_per_round": fed.local_steps, "clip_norm": fed.clip_norm,
                 "lr": fed.lr, "train_params": fed.train_params, "prototypes": fed.prototypes,
-                "prototype_iters": fed.prototype_iters, "prototype_noise": fed.prototype_noise,
+                "prototype_iters": fed.prototype_iters, "prototype_noise": fed.prototype_noise_multiplier(),
                 "mechanisms": sorted({s.mechanism for s in spends})}
     return EmpiricalAudit(
         epsilon_lower_bound=lower, accounted_epsilon=accounted, delta=fed.delta, unit="record",

@@ -45,13 +45,18 @@ def pretrain(
     head_cfg: HeadConfig,
     cfg: PretrainConfig,
     progress: Callable[[int, int, dict], None] | None = None,
+    init: DualHeads | None = None,
 ) -> tuple[DualHeads, dict]:
-    """Train heads on `train`, select on `val`; returns (best heads, history)."""
+    """Train heads on `train`, select on `val`; returns (best heads, history).
+
+    init: start from a copy of these heads (fine-tuning, e.g. the target-supervised oracle that starts from
+        the source teacher) instead of fresh ones; `head_cfg` must then match them.
+    """
     if (train.text_pids < 0).any():
         raise ValueError("source pretraining needs identity labels on every training record")
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    heads = DualHeads(train.text_feats.shape[1], train.image_feats.shape[1], head_cfg)
+    heads = DualHeads(train.text_feats.shape[1], train.image_feats.shape[1], head_cfg) if init is None else copy.deepcopy(init).train()
     text_pids, n_ids = _dense_pids(train.text_pids)
     image_pids = text_pids.new_empty(len(train.image_feats))
     image_pids[train.text_to_image] = text_pids

@@ -37,4 +37,10 @@ PROFILES: dict[str, Profile] = {
     # shoes and bags, small enough that 9,000 images render in well under two
     # minutes on two cores and fit in ~30 MB).
     "default": Profile(name="default", identities=(600, 200, 200), images_per_identity=3, size=(64, 128)),
+    # For the scale benchmark (benchmarks/scale.py): enough train identities
+    # for 1,000 sites of one identity or more each (the partitioners need
+    # one per site), small images and two domains so it renders in about a
+    # minute. Not a quality benchmark: val/test are kept small.
+    "scale": Profile(name="scale", identities=(2000, 100, 100), images_per_identity=2, size=(32, 64),
+                     domains=("flat", "outline")),
 }

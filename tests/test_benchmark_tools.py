@@ -1,0 +1,89 @@
+"""The measuring tools of the benchmarks: process-tree memory, the DP-step twin, the summary."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import dp_step  # noqa: E402
+import run_all  # noqa: E402
+import scale  # noqa: E402
+
+from common.models.feature_cache import FeatureSet  # noqa: E402
+from common.models.heads import DualHeads, HeadConfig  # noqa: E402
+
+
+def test_peak_rss_counts_a_grandchild(tmp_path):
+    """A child that starts a grandchild holding ~300 MiB: the tree's peak must include it."""
+    grandchild = "import time; b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(1.5)"
+    child = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {grandchild!r}])"
+    wall, peak, rc = scale.run_measured([sys.executable, "-c", child], tmp_path / "log.txt", poll_s=0.05)
+    assert rc == 0
+    assert wall >= 1.5
+    assert peak >= 300 * 2**20
+    assert peak < 2 * 2**30
+
+
+def test_run_measured_reports_failure(tmp_path):
+    _, _, rc = scale.run_measured([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "log.txt")
+    assert rc == 3
+
+
+def _site(n: int, seed: int = 0) -> FeatureSet:
+    g = torch.Generator().manual_seed(seed)
+    t2i = torch.arange(n).repeat_interleave(2)
+    return FeatureSet(image_feats=torch.randn(n, 12, generator=g), text_feats=torch.randn(2 * n, 10, generator=g),
+                      text_to_image=t2i, image_pids=torch.full((n,), -1), text_pids=torch.full((2 * n,), -1),
+                      image_paths=[f"{i}.jpg" for i in range(n)], captions=[f"c{i}" for i in range(2 * n)],
+                      backbone="tiny", fingerprint="x")
+
+
+def test_dp_step_measure_times_both_twins():
+    heads = DualHeads(10, 12, HeadConfig(hidden=16, out_dim=8))
+    row = dp_step.measure(heads, _site(40), "last", sample_rate=0.5, steps=3, repeats=1)
+    assert row["records"] == 40 and row["expected_batch"] == 20.0
+    assert row["dp_step_s"] > 0 and row["plain_step_s"] > 0
+    assert row["ratio"] == pytest.approx(row["dp_step_s"] / row["plain_step_s"], abs=0.01 + 0.01 * row["ratio"])
+
+
+def test_plain_twin_trains_only_the_chosen_parameters():
+    from common.federation.trainable import set_trainable, trainable_names
+    from common.losses.cmkd import CMKDConfig
+    from common.train.embed import embed_featureset
+    from common.train.record_level_dp import RecordLevelConfig
+    from common.train.record_pack import RecordLoss, RecordPack, pack_texts, teacher_targets
+
+    heads = DualHeads(10, 12, HeadConfig(hidden=16, out_dim=8))
+    site = _site(30)
+    pack = RecordPack.from_features(site)
+    t, v = embed_featureset(heads, site)
+    targets = teacher_targets(v, pack_texts(t, site.text_to_image, pack))
+    names = trainable_names(heads, "last")
+    set_trainable(heads, names)
+    before = {n: p.detach().clone() for n, p in heads.named_parameters()}
+    dp_step._plain_steps(heads, pack, targets, RecordLoss(v[:8], t[:8], CMKDConfig(), 8),
+                         RecordLevelConfig(noise_multiplier=1.0, sample_rate=0.5, steps=3), torch.Generator().manual_seed(0))
+    changed = {n for n, p in heads.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= set(names)
+
+
+def test_summary_stitches_each_result_with_its_machine(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_all, "RESULTS", tmp_path)
+    (tmp_path / "scale.md").write_text("| sites | wall |\n|---|---|\n| 10 | 5 |\n")
+    (tmp_path / "scale.json").write_text('{"machine": {"cores": 2, "cpu": "x86_64", "torch": "2.13.0", "commit": "abc123"}}')
+    text = run_all.summary()
+    assert "## Scale: sites, DP step, evaluation (issue 7)" in text
+    assert "| 10 | 5 |" in text
+    assert "2 cores, x86_64, torch 2.13.0, commit abc123" in text
+    assert "Not run yet: `python benchmarks/ablation.py`" in text  # missing results are named, not invented
+
+
+def test_ablation_jobs_cover_every_pair_and_seed():
+    names = run_all.ablation_names()
+    assert len(names) == len(set(names)) == len(run_all.PAIRS) * len(run_all.SEEDS)
+    assert "ablation_outline" in names and "ablation_shaded_s2" in names
