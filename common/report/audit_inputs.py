@@ -66,6 +66,15 @@ def load_inputs(cfg: FedConfig, site_index: int = 0) -> AuditInputs:
     return AuditInputs(teacher, site.without_labels(), a_img, a_txt, trainable_names(teacher, cfg.train_params), info)
 
 
+def run_prototype_noise(ledger: dict, site: str) -> float | None:
+    """The noise multiplier of a site's DP prototype releases in a run (None if it released none)."""
+    noise = {float(e["noise_multiplier"]) for e in (ledger.get("sites") or {}).get(site, [])
+             if e["mechanism"] == "dp-kmeans-prototypes" and e["steps"] > 0}
+    if len(noise) > 1:
+        raise ValueError(f"{site}'s prototype noise changed between rounds ({sorted(noise)}); audit it with explicit options")
+    return noise.pop() if noise else None
+
+
 def run_mechanism(ledger: dict, site: str) -> tuple[list[float], float, int, float]:
     """(noise multiplier per round, sample rate, steps per round, clip norm) of a site's DP-SGD in a run."""
     entries = [e for e in (ledger.get("sites") or {}).get(site, []) if e["mechanism"] == "dp-sgd" and e["steps"] > 0]

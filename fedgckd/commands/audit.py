@@ -80,7 +80,7 @@ def audit(
 
 def _from_run(run: Path, site: int) -> tuple[dict, list[float] | None, dict]:
     from common.atomic import read_json
-    from common.report.audit_inputs import run_mechanism
+    from common.report.audit_inputs import run_mechanism, run_prototype_noise
 
     metrics, ledger = read_json(run / "metrics.json"), read_json(run / "ledger.json")
     cfg = dict(metrics["config"])
@@ -90,7 +90,11 @@ def _from_run(run: Path, site: int) -> tuple[dict, list[float] | None, dict]:
     if cfg.get("privacy") != "record":
         return cfg, None, {}
     noise, q, steps, clip = run_mechanism(ledger, f"site-{site}")
-    return cfg, noise, {"sample-rate": q, "local-steps": steps, "clip-norm": clip}
+    mech = {"sample-rate": q, "local-steps": steps, "clip-norm": clip}
+    proto = run_prototype_noise(ledger, f"site-{site}")
+    if proto is not None:  # the noise the run really used (its config may say "automatic")
+        mech["prototype-noise"] = proto
+    return cfg, noise, mech
 
 
 def audit_empirical(

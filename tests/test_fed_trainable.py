@@ -1,0 +1,42 @@
+"""Which head parameters train and travel (run-config ``train-params``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.federation.trainable import array_bytes, get_arrays, set_trainable, trainable_names
+from common.models.heads import DualHeads, HeadConfig
+
+
+@pytest.fixture()
+def heads() -> DualHeads:
+    return DualHeads(6, 10, HeadConfig(hidden=8, out_dim=4))
+
+
+def test_presets_pick_the_documented_parameters(heads):
+    names = [n for n, _ in heads.named_parameters()]
+    assert trainable_names(heads, "all") == names
+    assert trainable_names(heads, "last") == ["text_head.net.4.weight", "text_head.net.4.bias",
+                                               "image_head.net.4.weight", "image_head.net.4.bias"]
+    nb = trainable_names(heads, "norms+biases")
+    # LayerNorms at net.0 (input) and net.2 (hidden): weight and bias; Linears at net.1 and net.4: bias only
+    expected = [f"{h}.net.{i}.{p}" for h in ("text_head", "image_head") for i, p in
+                [(0, "weight"), (0, "bias"), (1, "bias"), (2, "weight"), (2, "bias"), (4, "bias")]]
+    assert nb == expected
+    count = sum(p.numel() for n, p in heads.named_parameters() if n in nb)
+    assert count == (6 + 6 + 8 + 8 + 8 + 4) + (10 + 10 + 8 + 8 + 8 + 4)  # hand-counted
+
+
+def test_prefixes_and_typos(heads):
+    assert trainable_names(heads, "text_head.net.4") == ["text_head.net.4.weight", "text_head.net.4.bias"]
+    with pytest.raises(ValueError, match="match no head parameter"):
+        trainable_names(heads, "text_head.net.9")
+
+
+def test_only_chosen_parameters_require_grad_and_travel(heads):
+    names = trainable_names(heads, "norms+biases")
+    set_trainable(heads, names)
+    assert [n for n, p in heads.named_parameters() if p.requires_grad] == names
+    arrays = get_arrays(heads, names)
+    assert list(arrays) == names
+    assert array_bytes(arrays) == 4 * sum(p.numel() for n, p in heads.named_parameters() if n in names)
