@@ -1,11 +1,14 @@
-"""Record-level DP-SGD on a site's packed records (Opacus ghost clipping).
+"""Record-level DP-SGD on a site's packed records (ghost clipping).
 
 Unit of privacy: one image-caption record at one site (add/remove relation).
 Each step samples every record independently with probability ``sample_rate``
 (Poisson), computes each record's loss from that record alone (`RecordLoss`),
-clips each record's gradient to ``clip_norm`` (Opacus' ghost clipping: norms
-without materialising per-sample gradients, then a reweighted backward pass),
-and adds Gaussian noise of std ``noise_multiplier * clip_norm`` to the sum.
+clips each record's gradient to ``clip_norm`` and adds Gaussian noise of std
+``noise_multiplier * clip_norm`` to the sum, then divides by the expected
+batch size (Opacus' ``loss_reduction="mean"``). Clipping: when every trained
+parameter is a Linear weight or bias, book-keeping ghost clipping in one
+backward pass (`common.train.linear_ghost`); otherwise Opacus' ghost clipping
+(norms without per-sample gradients, then a reweighted second backward pass).
 
 No PrivacyEngine is created: the accountant state is the site's persisted
 history of ``(noise_multiplier, sample_rate, steps)`` tuples, which this
@@ -23,6 +26,7 @@ from opacus.optimizers.optimizer_fast_gradient_clipping import DPOptimizerFastGr
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 
 from common.models.heads import DualHeads
+from common.train.linear_ghost import LinearGhostClipper, linear_layers
 from common.train.record_pack import PackedStudent, RecordLoss, RecordPack
 
 
@@ -50,32 +54,72 @@ def train_record_level(
     n = len(pack)
     expected = max(1, round(cfg.sample_rate * n))
     model = PackedStudent(heads, pack.image.shape[1], pack.captions.shape[2], pack.captions.shape[1])
-    gsm = GradSampleModuleFastGradientClipping(model, batch_first=True, loss_reduction="mean", max_grad_norm=cfg.clip_norm, use_ghost_clipping=True)
+    trained = [p for p in heads.parameters() if p.requires_grad]
+    layers = linear_layers(model, trained)
     base = torch.optim.SGD(heads.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-    opt = DPOptimizerFastGradientClipping(
-        base, noise_multiplier=cfg.noise_multiplier, max_grad_norm=cfg.clip_norm, expected_batch_size=expected, loss_reduction="mean", generator=generator
-    )
-    dp_loss = DPLossFastGradientClipping(gsm, opt, criterion, loss_reduction="mean")
+    step = _linear_ghost_steps(model, layers, base, criterion, cfg, expected) if layers else \
+        _opacus_ghost_steps(model, heads, base, criterion, cfg, expected, generator)
     inputs = pack.inputs()
-    gsm.train()
     losses, sizes = [], []
     for _ in range(cfg.steps):
         take = torch.rand(n, generator=generator) < cfg.sample_rate
         idx = take.nonzero().squeeze(1)
         sizes.append(len(idx))
-        opt.zero_grad(set_to_none=True)
+        base.zero_grad(set_to_none=True)
         if len(idx) == 0:
             _noise_only_step(heads, base, cfg, expected, generator)
             continue
-        out = gsm(inputs[idx])
-        loss = dp_loss(out, targets[idx])
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    gsm._close()
+        losses.append(step(inputs[idx], targets[idx], generator))
+    step.close()
     history = [(cfg.noise_multiplier, cfg.sample_rate, cfg.steps)]
-    stats = {"steps": cfg.steps, "mean_batch": sum(sizes) / len(sizes), "empty_batches": sizes.count(0), "loss": sum(losses) / max(len(losses), 1)}
+    stats = {"steps": cfg.steps, "mean_batch": sum(sizes) / len(sizes), "empty_batches": sizes.count(0),
+             "loss": sum(losses) / max(len(losses), 1), "clipping": "linear-ghost" if layers else "opacus-ghost"}
     return history, stats
+
+
+class _linear_ghost_steps:
+    """One DP-SGD step with `LinearGhostClipper`: clip per record, sum, add N(0, (sigma C)^2), divide by E[B]."""
+
+    def __init__(self, model, layers, base, criterion, cfg: RecordLevelConfig, expected: int):
+        self.model, self.base, self.criterion, self.cfg, self.expected = model, base, criterion, cfg, expected
+        self.clipper = LinearGhostClipper(layers)
+
+    def __call__(self, x: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> float:
+        self.criterion.reduction = "none"
+        per_record = self.criterion(self.model(x), target)
+        sums, _ = self.clipper.clipped_sum(per_record, self.cfg.clip_norm)
+        std = self.cfg.noise_multiplier * self.cfg.clip_norm
+        for p, g in sums.items():
+            noise = torch.normal(0.0, std, p.shape, generator=generator) if std > 0 else 0.0
+            p.grad = (g + noise) / self.expected
+        self.base.step()
+        return float(per_record.detach().mean())
+
+    def close(self) -> None:
+        self.clipper.close()
+
+
+class _opacus_ghost_steps:
+    """One DP-SGD step with Opacus' fast gradient clipping (two backward passes); any trainable layer type."""
+
+    def __init__(self, model, heads, base, criterion, cfg: RecordLevelConfig, expected: int, generator):
+        self.gsm = GradSampleModuleFastGradientClipping(model, batch_first=True, loss_reduction="mean",
+                                                        max_grad_norm=cfg.clip_norm, use_ghost_clipping=True)
+        self.opt = DPOptimizerFastGradientClipping(base, noise_multiplier=cfg.noise_multiplier, max_grad_norm=cfg.clip_norm,
+                                                   expected_batch_size=expected, loss_reduction="mean", generator=generator)
+        criterion.reduction = "mean"
+        self.dp_loss = DPLossFastGradientClipping(self.gsm, self.opt, criterion, loss_reduction="mean")
+        self.gsm.train()
+
+    def __call__(self, x: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> float:
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.dp_loss(self.gsm(x), target)
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach())
+
+    def close(self) -> None:
+        self.gsm._close()
 
 
 def _noise_only_step(heads: DualHeads, base: torch.optim.Optimizer, cfg: RecordLevelConfig, expected: int, generator: torch.Generator) -> None:
