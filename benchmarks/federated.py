@@ -11,6 +11,7 @@ benchmarks/results/federated.json and federated.md.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import time
@@ -38,6 +39,7 @@ RUNS = {
 
 def simulate(args, teacher: Path, name: str, extra: list[str]) -> Path:
     out = args.runs / name
+    shutil.rmtree(out, ignore_errors=True)  # a fresh federation: sites keep their ledgers across runs otherwise
     cmd = [sys.executable, "-m", "fedgckd", "simulate", "--data", str(args.data), "--teacher", str(teacher), "--target", args.target,
            "--sites", str(args.sites), "--rounds", str(args.rounds), "--delta", "1e-5", "--out", str(out), "--state-dir", str(out / "sites"), *extra]
     print("+", " ".join(cmd), flush=True)

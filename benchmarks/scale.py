@@ -21,6 +21,7 @@ with a note if absent) and the 20,000 x 10,000 evaluation
 from __future__ import annotations
 
 import argparse
+import shutil
 import os
 import subprocess
 import sys
@@ -74,6 +75,7 @@ def ensure_teacher(data: Path, teacher: Path) -> Path:
 
 def one_scale(args, n: int, teacher: Path) -> dict:
     out = args.runs / f"sites_{n}"
+    shutil.rmtree(out, ignore_errors=True)  # a fresh federation: sites keep their ledgers across runs otherwise
     cmd = [sys.executable, "-m", "fedgckd", "simulate", "--data", str(args.data), "--teacher", str(teacher),
            "--target", "outline", "--sites", str(n), "--sites-per-round", str(min(args.per_round, n)),
            "--rounds", str(args.rounds), "--privacy", args.privacy, "--mode", "full" if args.privacy != "record" else "per-record",
