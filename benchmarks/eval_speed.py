@@ -119,13 +119,15 @@ def main() -> None:
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
 
     m = metrics
-    print("| embeddings | queries | gallery | dim | best of 3 (s) | R1 | mAP | mINP |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     size = f"{args.queries:,} | {args.gallery:,} | {args.dim}"
-    print(f"| realistic | {size} | {min(times):.2f} | {m['R1']:.2f} | {m['mAP']:.2f} | {m['mINP']:.2f} |")
-    print(f"| random (worst case) | {size} | {min(times_random):.2f} | | | |")
-    print(f"\nrealistic runs: {', '.join(f'{t:.2f}' for t in times)} s; load average at start {load_before:.1f} "
-          f"on {os.cpu_count()} CPUs; reference check on {sub.stop} queries: exact match")
+    lines = ["| embeddings | queries | gallery | dim | best of 3 (s) | R1 | mAP | mINP |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|",
+             f"| realistic | {size} | {min(times):.2f} | {m['R1']:.2f} | {m['mAP']:.2f} | {m['mINP']:.2f} |",
+             f"| random (worst case) | {size} | {min(times_random):.2f} | | | |", "",
+             f"Realistic runs: {', '.join(f'{t:.2f}' for t in times)} s; load average at start {load_before:.1f} on "
+             f"{os.cpu_count()} CPUs; reference check on {sub.stop} queries: exact match. Command: `{result['command']}`."]
+    RESULT.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
     print(f"written: {RESULT}")
 
 
