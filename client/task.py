@@ -37,7 +37,7 @@ from common.federation import outbound
 from common.federation.config import FedConfig
 from common.federation.payload import unpack_teacher
 from common.federation.site_settings import resolve_settings
-from common.federation.trainable import load_arrays, trainable_names
+from common.federation.trainable import load_arrays, trainable_for_mode
 from common.federation.validation import global_norm
 
 STATE = "fedgckd-site"  # the one small ConfigRecord this app keeps in context.state
@@ -92,7 +92,7 @@ def handle_train(msg: Message, context: Context, overrides: Mapping[str, Any] | 
     arrays_in = _numpy(msg.content["arrays"])
     t_arrays, t_config = site_data.load_teacher(settings.state_dir, str(config["teacher-version"]))
     teacher, a_img, a_txt = unpack_teacher(t_arrays, t_config)
-    names = trainable_names(teacher, cfg.train_params)
+    names = trainable_for_mode(teacher, cfg.train_params, cfg.loss_mode)
     expected = {n: tuple(p.shape) for n, p in teacher.named_parameters() if n in names}
     if list(arrays_in) != names or any(tuple(arrays_in[n].shape) != expected[n] for n in names):
         raise ValueError(f"{settings.site}: the server's student arrays {list(arrays_in)[:4]} do not match this "

@@ -19,7 +19,7 @@ import torch
 from common.checkpoint import Checkpoint, clone_heads, load_checkpoint, save_checkpoint
 from common.federation.config import FedConfig
 from common.federation.payload import pack_teacher
-from common.federation.trainable import get_arrays, load_arrays, size_report, trainable_names
+from common.federation.trainable import get_arrays, load_arrays, size_report, trainable_for_mode
 from common.models.backbones import build_backbone
 from common.pipeline import domain_features
 from common.train.pretrain import evaluate_heads
@@ -48,7 +48,7 @@ class ServerTask:
         self.val = feats(self.backbone, cfg.data_dir, cfg.target, "val") if cfg.server_eval else None
         self.teacher = clone_heads(self.ckpt.heads).eval()
         self.student = clone_heads(self.ckpt.heads).eval()
-        self.names = trainable_names(self.teacher, cfg.train_params)
+        self.names = trainable_for_mode(self.teacher, cfg.train_params, cfg.loss_mode)
         self.sizes = size_report(self.backbone, self.teacher, self.names)
         self.source = {"domain": source, "anchors": int(len(self.bank.image_feats))}
         self._payload = None

@@ -156,3 +156,38 @@ def test_record_view_for_neighbour_groups():
     assert groups[0].tolist() == [2] and groups[2].tolist() == [0]
     with pytest.raises(ValueError, match="group_by"):
         _record_view(r_img, r_txt, t2i, AdaptConfig(group_by="pixels"))
+
+
+def test_per_record_loss_reads_captions_not_the_teachers_image_view():
+    # the teacher's view of a record in per-record mode is its captions: changing the refined teacher image
+    # embeddings must not change any loss, changing a refined caption must
+    heads, pack, targets, pub_i, pub_t = _setup()
+    model = PackedStudent(heads, DI, DT, 2)
+    crit = RecordLoss(pub_i, pub_t, CMKDConfig(hard_negatives=5), D, reduction="none")
+    base = crit(model(pack.inputs()), targets)
+    other_img = targets.clone()
+    other_img[:, :D] = F.normalize(torch.randn(len(pack), D, dtype=torch.float64), dim=-1)
+    assert torch.allclose(crit(model(pack.inputs()), other_img), base)
+    other_cap = targets.clone()
+    other_cap[0, D : 2 * D] = F.normalize(torch.randn(D, dtype=torch.float64), dim=-1)
+    assert not torch.allclose(crit(model(pack.inputs()), other_cap)[0], base[0])
+
+
+def test_per_record_adaptation_keeps_the_teachers_text_head_and_trains_the_image_head():
+    from common.models.feature_cache import FeatureSet
+    from common.train.adapt import AdaptConfig, adapt
+    from common.train.site_context import PublicBank
+
+    g = torch.Generator().manual_seed(3)
+    n = 24
+    fs = FeatureSet(image_feats=torch.randn(n, DI, generator=g), text_feats=torch.randn(2 * n, DT, generator=g),
+                    text_to_image=torch.arange(n).repeat_interleave(2), image_pids=torch.full((n,), -1),
+                    text_pids=torch.full((2 * n,), -1), image_paths=[""] * n, captions=[""] * (2 * n))
+    bank = PublicBank(torch.randn(16, DI, generator=g), torch.randn(16, DT, generator=g))
+    teacher = DualHeads(DT, DI, HeadConfig(out_dim=D, hidden=16))
+    cfg = AdaptConfig(mode="per_record", epochs=2, batch_size=8, prototypes=2, prototype_noise=1.0)
+    student, _ = adapt(teacher, fs, bank, cfg)
+    for (name, p), q in zip(student.named_parameters(), teacher.parameters()):
+        if name.startswith("text_head."):
+            assert torch.equal(p, q), name
+    assert not torch.equal(student.image_head.net[-1].weight, teacher.image_head.net[-1].weight)

@@ -40,3 +40,13 @@ def test_only_chosen_parameters_require_grad_and_travel(heads):
     arrays = get_arrays(heads, names)
     assert list(arrays) == names
     assert array_bytes(arrays) == 4 * sum(p.numel() for n, p in heads.named_parameters() if n in names)
+
+
+def test_per_record_mode_keeps_the_text_head(heads):
+    from common.federation.trainable import trainable_for_mode
+
+    assert trainable_for_mode(heads, "last", "full") == trainable_names(heads, "last")
+    assert trainable_for_mode(heads, "last", "per_record") == ["image_head.net.4.weight", "image_head.net.4.bias"]
+    assert all(n.startswith("image_head.") for n in trainable_for_mode(heads, "all", "per_record"))
+    with pytest.raises(ValueError, match="text head"):
+        trainable_for_mode(heads, "text_head.net.4", "per_record")

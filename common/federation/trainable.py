@@ -14,6 +14,9 @@ Spec (run-config ``train-params``):
 - a comma-separated list of parameter-name prefixes, e.g.
   ``text_head.net.4,image_head.net.4``; a prefix that matches nothing raises.
 
+In per-record mode the text head stays the teacher's whatever the spec
+(`trainable_for_mode`): see `common.train.adapt` for why.
+
 Names come back in the heads' state-dict order, which is also the order of
 the arrays on the wire (Flower's clipping mod requires the reply's keys in
 the request's order).
@@ -52,6 +55,16 @@ def trainable_names(heads: DualHeads, spec: str = "last") -> list[str]:
     if unmatched:
         raise ValueError(f"train-params {unmatched} match no head parameter (names look like {names[:4]})")
     return [n for n in names if any(n == p or n.startswith(p + ".") for p in prefixes)]
+
+
+def trainable_for_mode(heads: DualHeads, spec: str, loss_mode: str) -> list[str]:
+    """`trainable_names`, less the text head in ``per_record`` mode (its captions anchor the image head there)."""
+    names = trainable_names(heads, spec)
+    if loss_mode == "per_record":
+        names = [n for n in names if not n.startswith("text_head.")]
+        if not names:
+            raise ValueError(f"train-params={spec!r} trains only the text head, which per-record mode keeps frozen")
+    return names
 
 
 def getattr_path(module: nn.Module, path: str) -> nn.Module:

@@ -19,7 +19,7 @@ import torch
 
 from common.federation.config import FedConfig
 from common.federation.site_data import partition_featureset
-from common.federation.trainable import trainable_names
+from common.federation.trainable import trainable_for_mode
 from common.models.feature_cache import FeatureSet
 from common.models.heads import DualHeads
 
@@ -63,7 +63,7 @@ def load_inputs(cfg: FedConfig, site_index: int = 0) -> AuditInputs:
     info = {"data": cfg.data_dir, "target": cfg.target, "teacher": cfg.teacher, "source": source,
             "backbone": bb.name, "site": f"site-{site_index}" if cfg.sites > 1 else "whole target train split",
             "partition": cfg.partition if cfg.sites > 1 else None}
-    return AuditInputs(teacher, site.without_labels(), a_img, a_txt, trainable_names(teacher, cfg.train_params), info)
+    return AuditInputs(teacher, site.without_labels(), a_img, a_txt, trainable_for_mode(teacher, cfg.train_params, cfg.loss_mode), info)
 
 
 def run_prototype_noise(ledger: dict, site: str) -> float | None:

@@ -100,8 +100,9 @@ class RecordLoss(nn.Module):
         empty_img, empty_owner = r_img[:0], rec[:0]
         s_pair = F.normalize((s_txt * mask.unsqueeze(-1)).sum(1), dim=-1)
         r_pair = F.normalize((r_txt * mask.unsqueeze(-1)).sum(1), dim=-1)
-        text_side = Side(st, s_img[rec], rt, r_img[rec], empty_img, empty_img, empty_owner, empty_img, empty_owner, self.public_images, rec)
-        image_side = Side(s_img, s_pair, r_img, r_pair, empty_img, empty_img, empty_owner, empty_img, empty_owner, self.public_texts, torch.arange(b))
+        # the teacher's view of a record is its captions (see `common.train.adapt`): r_img is not read
+        text_side = Side(st, s_img[rec], rt, r_pair[rec], empty_img, empty_img, empty_owner, empty_img, empty_owner, self.public_images, rec)
+        image_side = Side(s_img, s_pair, r_pair, r_pair, empty_img, empty_img, empty_owner, empty_img, empty_owner, self.public_texts, torch.arange(b))
         losses = per_record_losses(text_side, image_side, rec, b, self.cfg)
         if self.reduction == "none":
             return losses
