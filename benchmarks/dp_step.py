@@ -23,7 +23,7 @@ import torch
 from bench_utils import command_line, ensure_data, features, machine, write
 
 from common.checkpoint import load_checkpoint
-from common.federation.trainable import set_trainable, trainable_names
+from common.federation.trainable import set_trainable, trainable_for_mode
 from common.losses.cmkd import CMKDConfig
 from common.models.backbones import build_backbone
 from common.train.embed import embed_featureset
@@ -58,7 +58,7 @@ def measure(teacher_heads, site, train_params: str = "last", sample_rate: float 
     for _ in range(repeats):
         for dp in (False, True):
             heads = copy.deepcopy(teacher_heads).train()
-            set_trainable(heads, trainable_names(heads, train_params))
+            set_trainable(heads, trainable_for_mode(heads, train_params, "per_record"))  # what record-level runs train
             g = torch.Generator().manual_seed(0)
             t0 = time.perf_counter()
             if dp:

@@ -58,6 +58,6 @@ def pair_finetune(teacher_heads: DualHeads, target: FeatureSet, cfg: PairFinetun
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        log.append({"epoch": epoch + 1, "loss": float(loss)})
+        log.append({"epoch": epoch + 1, "loss": float(loss.detach())})
     student.eval()
     return student, {"config": asdict(cfg), "epochs": log, "n_captions": n_txt}
