@@ -1,6 +1,7 @@
 """Record-level DP-SGD on a site's packed records (ghost clipping).
 
-Unit of privacy: one image-caption record at one site (add/remove relation).
+Unit of privacy: one image-caption record at one site (add/remove relation; the site's record
+count is treated as public, as Opacus does: it sets the expected batch size that scales each step).
 Each step samples every record independently with probability ``sample_rate``
 (Poisson), computes each record's loss from that record alone (`RecordLoss`),
 clips each record's gradient to ``clip_norm`` and adds Gaussian noise of std
