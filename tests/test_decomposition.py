@@ -173,21 +173,51 @@ def test_per_record_loss_reads_captions_not_the_teachers_image_view():
     assert not torch.allclose(crit(model(pack.inputs()), other_cap)[0], base[0])
 
 
-def test_per_record_adaptation_keeps_the_teachers_text_head_and_trains_the_image_head():
+def _tiny_site(n=24, seed=3):
     from common.models.feature_cache import FeatureSet
-    from common.train.adapt import AdaptConfig, adapt
     from common.train.site_context import PublicBank
 
-    g = torch.Generator().manual_seed(3)
-    n = 24
+    g = torch.Generator().manual_seed(seed)
     fs = FeatureSet(image_feats=torch.randn(n, DI, generator=g), text_feats=torch.randn(2 * n, DT, generator=g),
                     text_to_image=torch.arange(n).repeat_interleave(2), image_pids=torch.full((n,), -1),
                     text_pids=torch.full((2 * n,), -1), image_paths=[""] * n, captions=[""] * (2 * n))
-    bank = PublicBank(torch.randn(16, DI, generator=g), torch.randn(16, DT, generator=g))
+    return fs, PublicBank(torch.randn(16, DI, generator=g), torch.randn(16, DT, generator=g))
+
+
+def _changed(a, b, prefix):
+    return [n for (n, p), q in zip(a.named_parameters(), b.parameters()) if n.startswith(prefix) and not torch.equal(p, q)]
+
+
+def test_per_record_image_phase_keeps_the_teachers_text_head():
+    from common.train.adapt import AdaptConfig, adapt
+
+    fs, bank = _tiny_site()
     teacher = DualHeads(DT, DI, HeadConfig(out_dim=D, hidden=16))
-    cfg = AdaptConfig(mode="per_record", epochs=2, batch_size=8, prototypes=2, prototype_noise=1.0)
+    cfg = AdaptConfig(mode="per_record", epochs=2, batch_size=8, prototypes=2, prototype_noise=1.0, text_phase=0.0)
     student, _ = adapt(teacher, fs, bank, cfg)
-    for (name, p), q in zip(student.named_parameters(), teacher.parameters()):
-        if name.startswith("text_head."):
-            assert torch.equal(p, q), name
-    assert not torch.equal(student.image_head.net[-1].weight, teacher.image_head.net[-1].weight)
+    assert _changed(student, teacher, "text_head.") == []
+    assert _changed(student, teacher, "image_head.")
+
+
+def test_per_record_text_phase_trains_the_text_head_only():
+    from common.train.adapt import AdaptConfig, adapt
+
+    fs, bank = _tiny_site()
+    teacher = DualHeads(DT, DI, HeadConfig(out_dim=D, hidden=16))
+    cfg = AdaptConfig(mode="per_record", epochs=2, batch_size=8, prototypes=0, text_phase=1.0)
+    student, _ = adapt(teacher, fs, bank, cfg)
+    assert _changed(student, teacher, "image_head.") == []
+    assert _changed(student, teacher, "text_head.")
+
+
+def test_caption_to_image_loss_hand_worked_and_per_record():
+    from common.losses.caption_to_image import caption_to_image_losses
+
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    txt = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], requires_grad=True)  # record 0: exact and orthogonal
+    rec = torch.tensor([0, 0, 1])
+    losses = caption_to_image_losses(txt, img, rec, 2)
+    assert torch.allclose(losses, torch.tensor([0.5, 0.2]))  # (0 + 1) / 2 and 1 - 0.8
+    losses.sum().backward()
+    # record 1's loss reads only its own caption and image
+    assert torch.equal(txt.grad[2], -img[1]) and torch.equal(txt.grad[0], -img[0] / 2)

@@ -53,6 +53,7 @@ def adapt_config(cfg: FedConfig, seed: int) -> AdaptConfig:
     return AdaptConfig(mode=cfg.loss_mode, lr=cfg.lr or ADAMW_LR, batch_size=cfg.batch_size,
                        momentum=1.0,  # teacher fixed within the round; the server's EMA moves it
                        refresh_steps=10**9,  # fixed teacher: its GMP targets are computed once
+                       text_phase=0.0,  # not yet in the federated path: per-record sites train the image head only
                        seed=seed, prototypes=cfg.prototypes, prototype_iters=cfg.prototype_iters,
                        prototype_noise=cfg.prototype_noise_multiplier())
 
