@@ -20,7 +20,7 @@ def adapt(
     data: Path = typer.Option(..., "--data", help="Data folder holding one subfolder per domain/dataset."),
     target: str = typer.Option(..., "--target", help="Target domain; only its train split's images and captions are read, never its identities."),
     out: Path = typer.Option(..., "--out", help="Checkpoint folder to write."),
-    mode: str = typer.Option("full", "--mode", help="full (graph and negatives across target records) or per-record (each record's loss depends on that record and public data only)."),
+    mode: str = typer.Option("full", "--mode", help="full (graph and negatives across target records) or per-record (each record's loss depends on that record and public data only: first the image head learns the teacher's captions, then the text head learns the adapted images)."),
     epochs: int = typer.Option(20, "--epochs", help="Fixed schedule; the last epoch is kept (no selection on target data)."),
     anchors: int = typer.Option(2048, "--anchors", help="Source anchors per modality in the public bank."),
     seed: int = typer.Option(0, "--seed"),
