@@ -38,7 +38,7 @@ from common.federation.config import FedConfig
 from common.federation.payload import unpack_teacher
 from common.federation.site_settings import resolve_settings
 from common.federation.trainable import load_arrays, trainable_for_mode
-from common.federation.validation import global_norm
+from common.federation.validation import max_delta_norm, scale_to_bound
 
 STATE = "fedgckd-site"  # the one small ConfigRecord this app keeps in context.state
 
@@ -135,7 +135,9 @@ def handle_train(msg: Message, context: Context, overrides: Mapping[str, Any] | 
         metrics.update(led.to_metrics(server_round))
     update = result.arrays
     if cfg.privacy == "site":  # the site clips its own update too: it does not rely on the server's mod config
-        update = _clip(update, arrays_in, cfg.clip_norm)
+        update = scale_to_bound(update, arrays_in, cfg.clip_norm, slack=0.0)
+    elif cfg.privacy == "record":  # DP noise may carry the update past the server's sanity bound: scale it back
+        update = scale_to_bound(update, arrays_in, max_delta_norm("record", cfg.clip_norm, cfg.max_update_norm, arrays_in))
     if cfg.privacy == "none":
         metrics.update({"loss": float(result.loss), "records": int(site.n_images)})
     metrics["num-examples"] = int(site.n_images) if cfg.privacy == "none" else 1
@@ -148,12 +150,6 @@ def _remember(state: ConfigRecord, led, spent_round: int | None, settings, run_k
     if spent_round is not None:
         state["last-round"] = int(spent_round)
         site_data.remember_charged_round(settings.state_dir, run_key, int(spent_round))
-
-
-def _clip(update: dict[str, np.ndarray], base: dict[str, np.ndarray], clip: float) -> dict[str, np.ndarray]:
-    delta = {k: update[k].astype(np.float64) - base[k] for k in base}
-    scale = min(1.0, clip / max(global_norm(delta), 1e-12))
-    return {k: (base[k] + scale * delta[k]).astype(np.float32) for k in base}
 
 
 def _reply(msg: Message, arrays: dict[str, np.ndarray], metrics: dict, status: int, reason: str,

@@ -109,6 +109,23 @@ def test_only_trainable_arrays_and_scalar_metrics_leave_a_site(bench, tmp_path, 
         assert delta <= task.cfg.clip_norm * (1 + 1e-4)
 
 
+def test_a_record_level_site_scales_a_noisy_update_to_the_servers_bound(bench, tmp_path):
+    from common.federation.validation import max_delta_norm, validate_update
+
+    rc = bench.run_config(tmp_path, privacy="record", lr=50.0, **{"noise-multiplier": 5.0})
+    task = server(bench, rc)
+    context = ctx(rc)
+    client_app(query(task), context)
+    reply = client_app(train(task), context)
+    assert not reply.has_error(), reply.error
+    sent = {k: v.numpy() for k, v in reply.content["arrays"].items()}
+    base = task.student_arrays()
+    bound = max_delta_norm("record", task.cfg.clip_norm, task.cfg.max_update_norm, base)
+    norm = np.sqrt(sum(((sent[k].astype(np.float64) - base[k]) ** 2).sum() for k in base))
+    # lr 50 with noise 5 moves the weights far past twice their norm; the site sends the same direction at the bound
+    assert bound * 0.999 <= norm <= bound and validate_update(sent, base, bound).ok
+
+
 def test_ledger_continues_after_a_restarted_site(bench, tmp_path):
     rc = bench.run_config(tmp_path, privacy="record", rounds=3)
     task = server(bench, rc)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from common.federation.outbound import OutboundViolation, check_reply, ensure_allowed
-from common.federation.validation import max_delta_norm, validate_update
+from common.federation.validation import global_norm, max_delta_norm, scale_to_bound, validate_update
 
 BASE = {"w": np.ones((4, 3), np.float32), "b": np.zeros(3, np.float32)}
 
@@ -39,6 +39,22 @@ def test_bounds_per_privacy_mode():
     assert max_delta_norm("site", 0.5, 0.1, BASE) == 0.1
     assert max_delta_norm("record", 0.5, 0.0, BASE) == pytest.approx(2 * np.sqrt(12))
     assert max_delta_norm("none", 0.5, 3.0, BASE) == 3.0
+
+
+def test_scale_to_bound_keeps_the_direction_and_passes_the_server_check():
+    bound = max_delta_norm("record", 0.5, 0.0, BASE)  # 2 * sqrt(12) = 6.93
+    big = upd(w=BASE["w"] + np.arange(12, dtype=np.float32).reshape(4, 3), b=np.full(3, -5.0, np.float32))
+    assert not validate_update(big, BASE, bound).ok
+    out = scale_to_bound(big, BASE, bound)
+    delta_in = np.concatenate([(big[k] - BASE[k]).ravel() for k in BASE])
+    delta_out = np.concatenate([(out[k] - BASE[k]).ravel() for k in BASE])
+    # same direction, norm just inside the bound (hand-worked: |delta_in| = sqrt(506 + 75) = 24.1)
+    assert np.linalg.norm(delta_in) == pytest.approx(np.sqrt(581), rel=1e-6)
+    np.testing.assert_allclose(delta_out, delta_in * (bound / (1 + 1e-4) / np.sqrt(581)), rtol=1e-5, atol=1e-6)
+    assert validate_update(out, BASE, bound).ok and all(out[k].dtype == np.float32 for k in BASE)
+    small = upd(b=np.full(3, 0.1, np.float32))
+    assert all(np.array_equal(scale_to_bound(small, BASE, bound)[k], small[k]) for k in BASE)
+    assert global_norm({k: out[k] - BASE[k] for k in BASE}) <= bound
 
 
 SHAPES = {"w": (4, 3), "b": (3,)}

@@ -44,7 +44,7 @@ class FedConfig:
     # --- method ---
     mode: str = "per-record"  # per-record: each record's loss reads only itself and public data (the record-DP form)
     local_steps: int = 20  # steps per site per round; 5 epochs of a site at DP-SGD rate 0.25, ~7 of a 180-record site at batch 64
-    lr: float = 0.0  # 0 = the optimiser's own default: SGD 0.01 under DP-SGD, AdamW 1e-3 otherwise
+    lr: float = 0.0  # 0 = the optimiser's own default: SGD 0.1 under DP-SGD, AdamW 1e-3 otherwise
     batch_size: int = 64  # records per step when not under DP-SGD (as in one-machine adaptation)
     teacher_momentum: float = 0.8  # EMA per round; ~0.99 per step over 20 local steps, as in one-machine CMKD
     anchors: int = 1024  # source anchors per modality; public, sent once per teacher version

@@ -7,7 +7,10 @@ the L2 norm of its change from the broadcast exceeds the bound. Under
 site-level DP the bound is the clip norm: an unclipped update would break
 the sensitivity the central noise is calibrated to. Otherwise it is a sanity
 bound (twice the broadcast's norm by default) against a diverged or
-malicious site.
+malicious site. A record-level site scales its own update to that bound
+before it sends (`scale_to_bound`; post-processing of the DP-SGD output, so
+free in privacy): DP noise alone can carry a well-behaved site's update past
+it, and the check then rejects only a site that does not follow the protocol.
 """
 
 from __future__ import annotations
@@ -37,6 +40,17 @@ def max_delta_norm(privacy: str, clip_norm: float, configured: float, broadcast:
         bound = clip_norm * (1 + CLIP_SLACK)
         return min(bound, configured) if configured > 0 else bound
     return configured if configured > 0 else max(2.0 * global_norm(broadcast), 1e-3)
+
+
+def scale_to_bound(update: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray], bound: float,
+                   slack: float = CLIP_SLACK) -> dict[str, np.ndarray]:
+    """`update` with its change from `base` scaled down (same direction) to norm at most ``bound / (1 + slack)``.
+
+    The slack keeps the float32 result inside the server's float64 check.
+    """
+    delta = {k: np.asarray(update[k], dtype=np.float64) - np.asarray(base[k], dtype=np.float64) for k in base}
+    scale = min(1.0, bound / (1 + slack) / max(global_norm(delta), 1e-12))
+    return {k: (np.asarray(base[k], dtype=np.float64) + scale * delta[k]).astype(np.float32) for k in base}
 
 
 def validate_update(update: Mapping[str, np.ndarray], broadcast: Mapping[str, np.ndarray], max_norm: float) -> Verdict:
