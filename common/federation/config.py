@@ -67,7 +67,8 @@ class FedConfig:
     # signal-to-noise ratio (noise std of the mean gradient ~ sigma/(q N), and sigma grows slower than q)
     accountant: str = "rdp"  # Opacus RDP is primary (DESIGN.md section 4)
     # --- server-side checks ---
-    max_update_norm: float = 0.0  # 0 = automatic (site: clip-norm; otherwise 2 x norm of the broadcast)
+    max_update_norm: float = 0.0  # 0 = automatic (site: clip-norm; otherwise 2 x norm of the broadcast); record-level
+    # sites scale their update to this bound before sending (DP noise alone can exceed it)
     server_eval: bool = True  # R1/mAP on the target val split each round (reporting only; never selects)
     # --- operations (a resumed run may change these) ---
     site_wait: float = 600.0  # seconds a round waits for all sites to connect, then goes on with those that did
