@@ -26,6 +26,7 @@ query needs neither.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any, Mapping
 
@@ -41,6 +42,7 @@ from common.federation.trainable import load_arrays, trainable_for_mode
 from common.federation.validation import max_delta_norm, scale_to_bound
 
 STATE = "fedgckd-site"  # the one small ConfigRecord this app keeps in context.state
+log = logging.getLogger("fedgckd.site")
 
 
 def load_config(context: Context, overrides: Mapping[str, Any] | None = None) -> FedConfig:
@@ -115,6 +117,8 @@ def handle_train(msg: Message, context: Context, overrides: Mapping[str, Any] | 
         metrics.update(led.to_metrics(server_round))
         return _reply(msg, arrays_in, metrics, outbound.REFUSED, plan.reason, expected, cfg)
     site = site_data.site_features(settings, cfg, t_config["backbone"])  # loading data releases nothing
+    if cfg.privacy == "record" and last_round == 0:  # the site's first round: say, on the site's own log only, how loud
+        _note_noise(settings.site, plan.dp_sgd_noise, sum(int(np.prod(s)) for s in expected.values()), cfg, site.n_images)
     n_planned = len(led.record(server_round, plan.spends, "crashed")) if led else 0  # write-ahead
     if led:
         led.save(settings.ledger_path())
@@ -142,6 +146,19 @@ def handle_train(msg: Message, context: Context, overrides: Mapping[str, Any] | 
         metrics.update({"loss": float(result.loss), "records": int(site.n_images)})
     metrics["num-examples"] = int(site.n_images) if cfg.privacy == "none" else 1
     return _reply(msg, update, metrics, outbound.TRAINED, "", expected, cfg)
+
+
+def _note_noise(site: str, sigma: float, trained: int, cfg: FedConfig, records: int) -> None:
+    """Log (locally; nothing is sent) how the DP-SGD noise of a step compares with its largest possible signal."""
+    from common.privacy.site_level import aggregate_noise_to_clip
+    from common.train.record_level_dp import expected_batch
+
+    batch = expected_batch(cfg.sample_rate, records)
+    ratio = aggregate_noise_to_clip(sigma, trained, batch)
+    (log.warning if ratio > 1 else log.info)(
+        "%s: record-level DP-SGD with noise multiplier %.3g on %d trained numbers at about %d records per step: the "
+        "noise on a step's mean gradient is %.3g times the largest possible mean clipped gradient%s", site, sigma,
+        trained, batch, ratio, "; training will mostly follow noise" if ratio > 1 else "")
 
 
 def _remember(state: ConfigRecord, led, spent_round: int | None, settings, run_key: str) -> None:

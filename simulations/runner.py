@@ -84,8 +84,30 @@ def prepare(cfg: FedConfig, progress: Callable[[str], Callable] | None = None) -
     info = {"partition": cfg.partition, "alpha": cfg.alpha, "seed": cfg.seed, "backbone": bb.name,
             "note": "identity labels were used only to split the data between simulated sites",
             "sites": summary(parts, target.image_pids.numpy())}
+    if cfg.privacy == "record":
+        info["record_level_noise"] = record_level_noise(cfg, ckpt.heads, [s["records"] for s in info["sites"]])
     atomic_write_json(Path(cfg.out_dir) / "sites.json", info)
     return info
+
+
+def record_level_noise(cfg: FedConfig, heads, site_records: list[int]) -> dict:
+    """How loud a fresh site's first-round DP-SGD noise is against its signal, site by site.
+
+    The noise added to each step's mean clipped gradient has norm about sigma * C * sqrt(d) / B (d trained
+    numbers, B = the expected batch), while that mean is at most C long: ``noise_to_clip`` is the ratio
+    (`aggregate_noise_to_clip`, the same formula as site-level DP's with records per step in place of sites).
+    """
+    from common.federation.site_budget import record_spends
+    from common.federation.trainable import trainable_for_mode
+    from common.privacy.site_level import aggregate_noise_to_clip
+    from common.train.record_level_dp import expected_batch
+
+    names = set(trainable_for_mode(heads, cfg.train_params, cfg.loss_mode))
+    d = sum(p.numel() for n, p in heads.named_parameters() if n in names)
+    _, sigma = record_spends(cfg, cfg.epsilon, cfg.delta, cfg.accountant, [], 1)
+    batches = [expected_batch(cfg.sample_rate, n) for n in site_records]
+    return {"dp_sgd_noise_multiplier": sigma, "trained_numbers": int(d), "records_per_step": batches,
+            "noise_to_clip": [aggregate_noise_to_clip(sigma, d, b) for b in batches]}
 
 
 class _null:

@@ -126,6 +126,24 @@ def test_a_record_level_site_scales_a_noisy_update_to_the_servers_bound(bench, t
     assert bound * 0.999 <= norm <= bound and validate_update(sent, base, bound).ok
 
 
+def test_a_site_logs_how_loud_its_dp_noise_is_in_its_first_round_only(bench, tmp_path, caplog):
+    rc = bench.run_config(tmp_path, privacy="record", rounds=3, **{"noise-multiplier": 4.0})
+    task = server(bench, rc)
+    context = ctx(rc)
+    client_app(query(task), context)
+    with caplog.at_level("INFO", logger="fedgckd.site"):
+        client_app(train(task, 1), context)
+        first = [r.getMessage() for r in caplog.records if "record-level DP-SGD" in r.getMessage()]
+        client_app(train(task, 2), context)
+        later = [r.getMessage() for r in caplog.records if "record-level DP-SGD" in r.getMessage()]
+    d = sum(int(np.prod(v.shape)) for v in task.student_arrays().values())
+    assert len(first) == 1 and len(later) == 1  # said once, in the site's first round
+    assert f"noise multiplier 4 on {d} trained numbers" in first[0]
+    batch = int(first[0].split("at about ")[1].split(" records")[0])
+    ratio = float(first[0].split("gradient is ")[1].split(" times")[0])
+    assert ratio == pytest.approx(4.0 * d ** 0.5 / batch, rel=1e-2)  # 3 significant digits in the message
+
+
 def test_ledger_continues_after_a_restarted_site(bench, tmp_path):
     rc = bench.run_config(tmp_path, privacy="record", rounds=3)
     task = server(bench, rc)

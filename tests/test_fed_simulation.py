@@ -64,6 +64,18 @@ def test_record_level_simulation_writes_model_metrics_and_ledger(tmp_path):
         led = SiteLedger.load(out / "sites" / f"site-{k}" / "ledger-record.json")
         assert led.epsilon() == pytest.approx(ledger["final_epsilon"][f"site-{k}"])
         assert {e.mechanism for e in led.entries} == {"dp-sgd", "dp-kmeans-prototypes"}
+    # the noise summary printed before the run agrees with what each site then ran (its own ledger)
+    sites = json.loads((out / "sites.json").read_text())
+    noise = sites["record_level_noise"]
+    assert "record-level DP-SGD: noise multiplier" in res.output
+    d = metrics["model_bytes"]["trainable_parameters"]
+    assert noise["trained_numbers"] == d
+    for k, site in enumerate(sites["sites"]):
+        led = SiteLedger.load(out / "sites" / f"site-{k}" / "ledger-record.json")
+        first = next(e for e in led.entries if e.mechanism == "dp-sgd" and e.round == 1)
+        assert noise["dp_sgd_noise_multiplier"] == pytest.approx(first.noise_multiplier, rel=1e-9)
+        assert noise["records_per_step"][k] == max(1, round(0.5 * site["records"]))
+        assert noise["noise_to_clip"][k] == pytest.approx(first.noise_multiplier * d ** 0.5 / noise["records_per_step"][k])
     from fedgckd.cli import app
 
     ev = CliRunner().invoke(app, ["evaluate", "--model", str(out / "model"), "--data", str(bench.data), "--target",

@@ -88,6 +88,12 @@ def plan_round(led: SiteLedger | None, cfg: FedConfig, server_round: int, server
 
 
 def _record_spends(led: SiteLedger, cfg: FedConfig, server_round: int) -> tuple[list[Spend], float]:
+    return record_spends(cfg, led.budget, led.delta, led.accountant, led.history, server_round)
+
+
+def record_spends(cfg: FedConfig, budget: float, delta: float, accountant: str, history, server_round: int
+                  ) -> tuple[list[Spend], float]:
+    """The round's record-level mechanisms (DP prototypes, DP-SGD) and the DP-SGD noise, for a site with `history`."""
     iters = 2 * cfg.prototype_iters if cfg.prototypes > 0 else 0  # one release per modality and iteration
     proto_noise = cfg.prototype_noise_multiplier() if iters else 0.0
     protos = [Spend("dp-kmeans-prototypes", proto_noise, 1.0, iters)] if iters else []
@@ -95,9 +101,9 @@ def _record_spends(led: SiteLedger, cfg: FedConfig, server_round: int) -> tuple[
         sigma = cfg.noise_multiplier
     else:  # spread what is left of the budget over the rounds left
         remaining = max(1, cfg.rounds - server_round + 1)
-        sigma = plan_record_level(led.budget, led.delta, remaining, cfg.local_steps, cfg.sample_rate,
+        sigma = plan_record_level(budget, delta, remaining, cfg.local_steps, cfg.sample_rate,
                                   prototype_iters_per_round=iters, prototype_noise=proto_noise,
-                                  accountant=led.accountant, prior_history=led.history).dp_sgd_noise_multiplier
+                                  accountant=accountant, prior_history=history).dp_sgd_noise_multiplier
     return protos + [Spend("dp-sgd", sigma, cfg.sample_rate, cfg.local_steps, cfg.clip_norm)], sigma
 
 

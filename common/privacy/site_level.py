@@ -65,6 +65,8 @@ def aggregate_noise_to_clip(noise_multiplier: float, trainable_parameters: int, 
     Flower's DP wrapper adds N(0, (sigma * C / k)^2) to each of the d coordinates of the mean of k clipped
     updates; its norm is about sigma * sqrt(d) / k times C, while the mean update itself is at most C.
     Well above 1, the aggregate mostly follows noise: more sites per round or fewer trained parameters help.
+    The same holds for a record-level DP-SGD step with k = its expected batch of records
+    (`simulations.runner.record_level_noise`).
     """
     if sites_per_round < 1 or trainable_parameters < 1:
         raise ValueError("sites_per_round and trainable_parameters must be >= 1")

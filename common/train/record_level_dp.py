@@ -41,6 +41,11 @@ class RecordLevelConfig:
     momentum: float = 0.9
 
 
+def expected_batch(sample_rate: float, records: int) -> int:
+    """The expected Poisson batch that each step's noised sum is divided by (Opacus' ``loss_reduction="mean"``)."""
+    return max(1, round(sample_rate * records))
+
+
 def train_record_level(
     heads: DualHeads,
     pack: RecordPack,
@@ -53,7 +58,7 @@ def train_record_level(
     if len(pack) == 0:
         raise ValueError("a site with no records cannot train")
     n = len(pack)
-    expected = max(1, round(cfg.sample_rate * n))
+    expected = expected_batch(cfg.sample_rate, n)
     model = PackedStudent(heads, pack.image.shape[1], pack.captions.shape[2], pack.captions.shape[1])
     trained = [p for p in heads.parameters() if p.requires_grad]
     layers = linear_layers(model, trained)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from pathlib import Path
 
 import typer
@@ -79,6 +81,9 @@ def simulate(
         with console.status("preparing features and sites"):
             info = prepare(cfg, progress=progress_bar)
         console.print("sites: " + ", ".join(f"{s['site']}: {s['records']} records" for s in info["sites"]))
+        if "record_level_noise" in info:
+            _noise_note(info["record_level_noise"])
+            logging.getLogger("fedgckd.site").setLevel(logging.ERROR)  # the same note, per site: said once above
         try:
             with progress_bar(f"federation ({cfg.privacy}, {cfg.mode})") as bar:
                 bar(0, cfg.rounds)
@@ -89,6 +94,19 @@ def simulate(
             raise typer.Exit(1) from None
     _report(result, out)
     write_run_audit(out)
+
+
+def _noise_note(noise: dict) -> None:
+    lo, hi = min(noise["noise_to_clip"]), max(noise["noise_to_clip"])
+    b_lo, b_hi = min(noise["records_per_step"]), max(noise["records_per_step"])
+    line = (f"record-level DP-SGD: noise multiplier {noise['dp_sgd_noise_multiplier']:.3g} on "
+            f"{noise['trained_numbers']:,} trained numbers at {b_lo}-{b_hi} records per step: the noise on a step's "
+            f"mean gradient is {lo:.3g}-{hi:.3g} times the largest possible mean clipped gradient")
+    if lo > 1:
+        console.print(f"[yellow]{line}; training will mostly follow noise. More records per site, fewer trained "
+                      "numbers (train-params) or a larger epsilon help.[/]")
+    else:
+        console.print(line)
 
 
 def _report(result: dict, out: Path) -> None:
