@@ -44,7 +44,7 @@ def variant_configs(seed: int, epochs: int) -> dict[str, AdaptConfig]:
     base = AdaptConfig(seed=seed, epochs=epochs)
     return {
         "cmkd_only": replace(base, use_gmp=False),
-        "gmp_only": replace(base, momentum=1.0),
+        "gmp_only": replace(base, momentum=1.0, teacher_rounds=1),  # the source teacher stays the teacher
         "gckd_full": base,
         "gckd_per_record": replace(base, mode="per_record"),
     }

@@ -221,3 +221,28 @@ def test_caption_to_image_loss_hand_worked_and_per_record():
     losses.sum().backward()
     # record 1's loss reads only its own caption and image
     assert torch.equal(txt.grad[2], -img[1]) and torch.equal(txt.grad[0], -img[0] / 2)
+
+
+def test_teacher_rounds_continue_from_the_previous_rounds_student_as_teacher():
+    """Two rounds equal one round, then a second one-round run whose teacher is the first run's student."""
+    import copy
+
+    from common.train.adapt import AdaptConfig, adapt
+
+    fs, bank = _tiny_site()
+    teacher = DualHeads(DT, DI, HeadConfig(out_dim=D, hidden=16))
+    cfg = AdaptConfig(mode="per_record", epochs=2, batch_size=8, prototypes=2, prototype_noise=1.0, text_phase=0.5)
+    seen = []
+    two, log = adapt(teacher, fs, bank, cfg, progress=lambda done, total, info: seen.append((done, total, info["round"])))
+    one_cfg = AdaptConfig(**{**cfg.__dict__, "teacher_rounds": 1})
+    first, first_log = adapt(teacher, fs, bank, one_cfg)
+    second_teacher = copy.deepcopy(first)
+    for p in second_teacher.parameters():
+        p.requires_grad_(True)
+    second, _ = adapt(second_teacher, fs, bank, one_cfg)
+    assert all(torch.equal(a, b) for a, b in zip(two.state_dict().values(), second.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(two.state_dict().values(), first.state_dict().values()))
+    # both rounds' prototype releases are in the history the accountant reads
+    assert len(log["privacy_history"]) == 2 * len(first_log["privacy_history"]) > 0
+    assert seen[-1][0] == seen[-1][1] and {r for *_, r in seen} == {1, 2}
+    assert [e["round"] for e in log["epochs"]] == [1, 1, 2, 2]
