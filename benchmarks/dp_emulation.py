@@ -97,11 +97,18 @@ def run_setting(args, name: str) -> dict:
     torch.set_num_threads(1)
     spec, lr, eps, rounds, steps, share = SETTINGS[name]
     teacher, src, tgt, val = load(args)
+    return emulate(teacher, src, tgt, val, args.sites, spec, lr, eps, rounds, steps, share)
+
+
+def emulate(teacher, src, tgt, val, n_sites: int, spec: str, lr: float, eps: float, rounds: int, steps: int,
+            share: str = "all", sample_rate: float = SAMPLE_RATE, return_heads: bool = False):
+    """One emulated record-level FedAvg run: `tgt` dealt out IID to `n_sites` sites; R1/mAP on `val`
+    (with `return_heads`, also the final global heads)."""
     bank = PublicBank.from_source(src, 1024, seed=0)
     acfg = AdaptConfig(mode="per_record", prototypes=0)
-    sigma = plan_record_level(eps, DELTA, rounds, steps, SAMPLE_RATE).dp_sgd_noise_multiplier if eps else 0.0
-    site_sigma = sigma / args.sites ** 0.5 if share == "sqrt" else sigma
-    parts = torch.randperm(len(tgt.image_feats), generator=torch.Generator().manual_seed(0)).chunk(args.sites)
+    sigma = plan_record_level(eps, DELTA, rounds, steps, sample_rate).dp_sgd_noise_multiplier if eps else 0.0
+    site_sigma = sigma / n_sites ** 0.5 if share == "sqrt" else sigma
+    parts = torch.randperm(len(tgt.image_feats), generator=torch.Generator().manual_seed(0)).chunk(n_sites)
     sites = []
     for idx in parts:
         fs = tgt.select_images(idx.sort().values)
@@ -131,7 +138,7 @@ def run_setting(args, name: str) -> dict:
             crit = RecordLoss(ctx.public_images(), ctx.public_texts(), CMKDConfig(), teacher.cfg.out_dim)
             st.train()
             train_record_level(st, pack, targets, crit, RecordLevelConfig(noise_multiplier=site_sigma, clip_norm=1.0,
-                               sample_rate=SAMPLE_RATE, steps=steps, lr=lr), gen)
+                               sample_rate=sample_rate, steps=steps, lr=lr), gen)
             if basis is not None:
                 st.image_head.net[-1] = st.image_head.net[-1].fold()
             delta = {n: p.detach() - ref[n] for n, p in st.named_parameters() if n in names}
@@ -145,10 +152,11 @@ def run_setting(args, name: str) -> dict:
     end = evaluate_heads(glob, val)
     out_dim = teacher.cfg.out_dim
     numbers = sum(p.numel() for n, p in glob.named_parameters() if n in names) if basis is None else (len(basis) + 1) * out_dim
-    return {"train_set": spec, "lr": lr, "epsilon": eps, "rounds": rounds, "local_steps": steps,
-            "site_noise_multiplier": round(site_sigma, 4), "planned_noise_multiplier": round(sigma, 4),
-            "noise_share": share, "trained_numbers": numbers, "val_R1_start": round(start["R1"], 2),
-            "val_R1": round(end["R1"], 2), "val_mAP": round(end["mAP"], 2)}
+    res = {"train_set": spec, "lr": lr, "epsilon": eps, "rounds": rounds, "local_steps": steps,
+           "site_noise_multiplier": round(site_sigma, 4), "planned_noise_multiplier": round(sigma, 4),
+           "noise_share": share, "trained_numbers": numbers, "records_per_site": len(tgt.image_feats) // n_sites,
+           "val_R1_start": round(start["R1"], 2), "val_R1": round(end["R1"], 2), "val_mAP": round(end["mAP"], 2)}
+    return (res, glob) if return_heads else res
 
 
 def diagnose(args) -> dict:

@@ -19,7 +19,7 @@ app = typer.Typer(help="Generate, preview and check person-retrieval datasets.",
 def synth(
     out: Path = typer.Option(..., "--out", help="Folder to write the generated benchmark into (one subfolder per domain)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
-    profile: str = typer.Option("default", "--profile", help="tiny (tests, seconds), default (~1000 identities per domain) or scale (2,200 small identities, 2 domains; for the scale benchmark)."),
+    profile: str = typer.Option("default", "--profile", help="tiny (tests, seconds), default (~1000 identities per domain), scale (2,200 small identities, 2 domains; for the scale benchmark) or sites (6,400 identities of one domain; for the site-size benchmark)."),
     workers: int = typer.Option(None, "--workers", help="Processes to render with (default: all cores)."),
 ) -> None:
     """Write the embedded multi-domain benchmark in the CUHK-PEDES annotation format."""
