@@ -162,7 +162,7 @@ def emulate(teacher, src, tgt, val, n_sites: int, spec: str, lr: float, eps: flo
 def diagnose(args) -> dict:
     """Why the noise wins: per-record gradient norms at the teacher, the norm of the mean clipped gradient, the
     share of the mean gradient's energy in the rank-16 public basis, and sqrt(steps) * rate / sigma per rate."""
-    from common.train.linear_ghost import LinearGhostClipper, linear_layers
+    from common.train.bookkeeping_clip import BookkeepingClipper, clippable_layers
     from common.train.record_pack import PackedStudent
 
     torch.set_num_threads(1)
@@ -176,7 +176,7 @@ def diagnose(args) -> dict:
     st = copy.deepcopy(teacher)
     set_trainable(st, trainable_for_mode(st, "last", "per_record"))
     model = PackedStudent(st, pack.image.shape[1], pack.captions.shape[2], pack.captions.shape[1])
-    clipper = LinearGhostClipper(linear_layers(model, [p for p in st.parameters() if p.requires_grad]))
+    clipper = BookkeepingClipper(clippable_layers(model, [p for p in st.parameters() if p.requires_grad]))
     crit = RecordLoss(ctx.public_images(), ctx.public_texts(), CMKDConfig(), teacher.cfg.out_dim, reduction="none")
     losses = crit(model(pack.inputs()), teacher_targets(r_img, pack_texts(r_txt, fs.text_to_image, pack)))
     clipped, norms = clipper.clipped_sum(losses, 1.0)

@@ -3,7 +3,7 @@
     python benchmarks/dp_step.py [--data DIR] [--target outline] [--teacher runs/teachers/flat] [--records 540]
 
 The DP step is exactly what a site runs under ``privacy=record``
-(`train_record_level`: Poisson batch, Opacus ghost clipping, noise); the
+(`train_record_level`: Poisson batch, book-keeping ghost clipping, noise); the
 non-DP step is the same model, loss, batch rule and optimiser with a plain
 backward pass. Frozen-trunk features are computed once per site (the feature
 cache), so both steps train only the heads. Measured for the parameters that

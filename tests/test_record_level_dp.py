@@ -11,7 +11,7 @@ from common.federation.trainable import set_trainable, trainable_names
 from common.losses.cmkd import CMKDConfig
 from common.models.feature_cache import FeatureSet
 from common.models.heads import DualHeads, HeadConfig
-from common.train.linear_ghost import LinearGhostClipper, linear_layers
+from common.train.bookkeeping_clip import BookkeepingClipper, clippable_layers
 from common.train.record_level_dp import RecordLevelConfig, train_record_level
 from common.train.record_pack import PackedStudent, RecordLoss, RecordPack, pack_texts, teacher_targets
 
@@ -61,15 +61,18 @@ def _clipped_batch_of_one(heads, pack, targets, crit, clip: float | None) -> tup
     return total, norms, clip
 
 
-@pytest.mark.parametrize("spec,path", [("last", "linear-ghost"), ("text_head.net.1,image_head.net.4", "linear-ghost"),
-                                       ("all", "opacus-ghost")])
-def test_one_step_equals_clipped_batch_of_one_sum(spec, path):
+@pytest.mark.parametrize("spec,path,clipping", [
+    ("last", "bookkeeping", "auto"), ("text_head.net.1,image_head.net.4", "bookkeeping", "auto"),
+    ("all", "bookkeeping", "auto"), ("norms+biases", "bookkeeping", "auto"), ("image_head.net.0", "bookkeeping", "auto"),
+    ("all", "opacus-ghost", "opacus"), ("last", "opacus-ghost", "opacus")])
+def test_one_step_equals_clipped_batch_of_one_sum(spec, path, clipping):
     heads, pack, targets, crit = _setup()
     set_trainable(heads, trainable_names(heads, spec))
     expected, norms, clip = _clipped_batch_of_one(copy.deepcopy(heads), pack, targets, crit, None)
     assert min(norms) < clip < max(norms)  # some records are clipped, others are not
     before = {n: p.detach().clone() for n, p in heads.named_parameters()}
-    cfg = RecordLevelConfig(noise_multiplier=0.0, clip_norm=clip, sample_rate=1.0, steps=1, lr=1.0, momentum=0.0)
+    cfg = RecordLevelConfig(noise_multiplier=0.0, clip_norm=clip, sample_rate=1.0, steps=1, lr=1.0, momentum=0.0,
+                            clipping=clipping)
     history, stats = train_record_level(heads, pack, targets, crit, cfg, torch.Generator().manual_seed(0))
     assert stats["clipping"] == path and history == [(0.0, 1.0, 1)]
     for n, p in heads.named_parameters():
@@ -79,12 +82,13 @@ def test_one_step_equals_clipped_batch_of_one_sum(spec, path):
             assert torch.equal(before[n], p.detach())
 
 
-def test_norms_match_batch_of_one_and_some_records_are_clipped():
+@pytest.mark.parametrize("spec", ["last", "all"])
+def test_norms_match_batch_of_one_and_some_records_are_clipped(spec):
     heads, pack, targets, crit = _setup(seed=1)
-    set_trainable(heads, trainable_names(heads, "last"))
+    set_trainable(heads, trainable_names(heads, spec))
     model = PackedStudent(heads, pack.image.shape[1], pack.captions.shape[2], pack.captions.shape[1])
-    layers = linear_layers(model, [p for p in heads.parameters() if p.requires_grad])
-    clipper = LinearGhostClipper(layers)
+    layers = clippable_layers(model, [p for p in heads.parameters() if p.requires_grad])
+    clipper = BookkeepingClipper(layers)
     crit.reduction = "none"
     _, norms = clipper.clipped_sum(crit(model(pack.inputs()), targets), clip=1.0)
     clipper.close()
@@ -108,9 +112,21 @@ def test_noise_has_the_calibrated_scale():
     assert float(delta.std()) == pytest.approx(3.0 * 1e-9 / 20, rel=0.15)  # clip ~0: the clipped sum vanishes
 
 
-def test_non_linear_parameters_are_not_claimed():
+def test_parameters_outside_linear_and_layernorm_layers_are_not_claimed():
     heads, *_ = _setup()
     model = PackedStudent(heads, DI, DT, 2)
-    ln = heads.text_head.net[0].weight
-    assert linear_layers(model, [ln]) is None
-    assert linear_layers(model, [heads.text_head.net[4].weight]) == [heads.text_head.net[4]]
+    assert clippable_layers(model, [heads.text_head.net[0].weight]) == [heads.text_head.net[0]]  # a LayerNorm
+    assert clippable_layers(model, [heads.text_head.net[4].weight]) == [heads.text_head.net[4]]
+    stray = torch.nn.Parameter(torch.zeros(3))  # in no layer of the model: Opacus' path must take over
+    assert clippable_layers(model, [heads.text_head.net[4].weight, stray]) is None
+    conv = torch.nn.Sequential(torch.nn.Conv1d(2, 2, 1), torch.nn.LayerNorm(4))
+    assert clippable_layers(conv, list(conv.parameters())) is None
+    assert clippable_layers(conv, list(conv[1].parameters())) == [conv[1]]
+
+
+def test_unknown_clipping_is_refused():
+    heads, pack, targets, crit = _setup()
+    set_trainable(heads, trainable_names(heads, "last"))
+    with pytest.raises(ValueError, match="clipping"):
+        train_record_level(heads, pack, targets, crit, RecordLevelConfig(noise_multiplier=0.0, clipping="ghost"),
+                           torch.Generator().manual_seed(0))

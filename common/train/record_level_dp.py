@@ -7,9 +7,12 @@ Each step samples every record independently with probability ``sample_rate``
 clips each record's gradient to ``clip_norm`` and adds Gaussian noise of std
 ``noise_multiplier * clip_norm`` to the sum, then divides by the expected
 batch size (Opacus' ``loss_reduction="mean"``). Clipping: when every trained
-parameter is a Linear weight or bias, book-keeping ghost clipping in one
-backward pass (`common.train.linear_ghost`); otherwise Opacus' ghost clipping
-(norms without per-sample gradients, then a reweighted second backward pass).
+parameter is in a Linear or LayerNorm layer (every head parameter),
+book-keeping ghost clipping in one backward pass
+(`common.train.bookkeeping_clip`); otherwise, or with ``clipping="opacus"``,
+Opacus' ghost clipping (norms without per-sample gradients, then a reweighted
+second backward pass). Both give the same clipped sums; tests hold each
+against batch-of-one gradients.
 
 No PrivacyEngine is created: the accountant state is the site's persisted
 history of ``(noise_multiplier, sample_rate, steps)`` tuples, which this
@@ -27,7 +30,7 @@ from opacus.optimizers.optimizer_fast_gradient_clipping import DPOptimizerFastGr
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 
 from common.models.heads import DualHeads
-from common.train.linear_ghost import LinearGhostClipper, linear_layers
+from common.train.bookkeeping_clip import BookkeepingClipper, clippable_layers
 from common.train.record_pack import PackedStudent, RecordLoss, RecordPack
 
 
@@ -39,6 +42,8 @@ class RecordLevelConfig:
     steps: int = 20  # local steps per round
     lr: float = 0.05  # plain SGD on noisy averaged gradients; Adam's moment estimates amplify the noise
     momentum: float = 0.9
+    clipping: str = "auto"  # "auto": book-keeping when it covers every trained parameter (one backward pass, 1.3x a
+    # non-DP step), else Opacus' ghost clipping; "opacus": always Opacus (a second, independent implementation)
 
 
 def expected_batch(sample_rate: float, records: int) -> int:
@@ -61,9 +66,11 @@ def train_record_level(
     expected = expected_batch(cfg.sample_rate, n)
     model = PackedStudent(heads, pack.image.shape[1], pack.captions.shape[2], pack.captions.shape[1])
     trained = [p for p in heads.parameters() if p.requires_grad]
-    layers = linear_layers(model, trained)
+    if cfg.clipping not in ("auto", "opacus"):
+        raise ValueError(f"clipping must be 'auto' or 'opacus', got {cfg.clipping!r}")
+    layers = clippable_layers(model, trained) if cfg.clipping == "auto" else None
     base = torch.optim.SGD(heads.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-    step = _linear_ghost_steps(model, layers, base, criterion, cfg, expected) if layers else \
+    step = _bookkeeping_steps(model, layers, base, criterion, cfg, expected) if layers else \
         _opacus_ghost_steps(model, heads, base, criterion, cfg, expected, generator)
     inputs = pack.inputs()
     losses, sizes = [], []
@@ -79,16 +86,16 @@ def train_record_level(
     step.close()
     history = [(cfg.noise_multiplier, cfg.sample_rate, cfg.steps)]
     stats = {"steps": cfg.steps, "mean_batch": sum(sizes) / len(sizes), "empty_batches": sizes.count(0),
-             "loss": sum(losses) / max(len(losses), 1), "clipping": "linear-ghost" if layers else "opacus-ghost"}
+             "loss": sum(losses) / max(len(losses), 1), "clipping": "bookkeeping" if layers else "opacus-ghost"}
     return history, stats
 
 
-class _linear_ghost_steps:
-    """One DP-SGD step with `LinearGhostClipper`: clip per record, sum, add N(0, (sigma C)^2), divide by E[B]."""
+class _bookkeeping_steps:
+    """One DP-SGD step with `BookkeepingClipper`: clip per record, sum, add N(0, (sigma C)^2), divide by E[B]."""
 
     def __init__(self, model, layers, base, criterion, cfg: RecordLevelConfig, expected: int):
         self.model, self.base, self.criterion, self.cfg, self.expected = model, base, criterion, cfg, expected
-        self.clipper = LinearGhostClipper(layers)
+        self.clipper = BookkeepingClipper(layers)
 
     def __call__(self, x: torch.Tensor, target: torch.Tensor, generator: torch.Generator) -> float:
         self.criterion.reduction = "none"
