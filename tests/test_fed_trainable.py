@@ -50,3 +50,17 @@ def test_per_record_mode_keeps_the_text_head(heads):
     assert all(n.startswith("image_head.") for n in trainable_for_mode(heads, "all", "per_record"))
     with pytest.raises(ValueError, match="text head"):
         trainable_for_mode(heads, "text_head.net.4", "per_record")
+
+
+def test_train_params_advice_follows_the_median_sites_records_per_step():
+    from common.federation.trainable import train_params_advice
+
+    assert train_params_advice("last", []) is None
+    assert train_params_advice("last", [45, 60, 40]) is None  # small sites: 'last' is already the better choice
+    big = train_params_advice("last", [20, 200, 160])  # median 160: the whole image head
+    assert big and "train-params=all" in big and "160" in big
+    assert train_params_advice("all", [200, 300, 150]) is None
+    small = train_params_advice("all", [45, 90, 500])  # median 90
+    assert small and "train-params=last" in small and "90" in small
+    assert train_params_advice("norms+biases", [45]) is None and train_params_advice("norms+biases", [500]) is None
+    assert train_params_advice(" last ", [150]) is not None and train_params_advice("last", [149]) is None

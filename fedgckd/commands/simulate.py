@@ -82,7 +82,7 @@ def simulate(
             info = prepare(cfg, progress=progress_bar)
         console.print("sites: " + ", ".join(f"{s['site']}: {s['records']} records" for s in info["sites"]))
         if "record_level_noise" in info:
-            _noise_note(info["record_level_noise"])
+            _noise_note(info["record_level_noise"], cfg.train_params)
             logging.getLogger("fedgckd.site").setLevel(logging.ERROR)  # the same note, per site: said once above
         try:
             with progress_bar(f"federation ({cfg.privacy}, {cfg.mode})") as bar:
@@ -96,7 +96,7 @@ def simulate(
     write_run_audit(out)
 
 
-def _noise_note(noise: dict) -> None:
+def _noise_note(noise: dict, train_params: str) -> None:
     lo, hi = min(noise["noise_to_clip"]), max(noise["noise_to_clip"])
     b_lo, b_hi = min(noise["records_per_step"]), max(noise["records_per_step"])
     line = (f"record-level DP-SGD: noise multiplier {noise['dp_sgd_noise_multiplier']:.3g} on "
@@ -107,6 +107,11 @@ def _noise_note(noise: dict) -> None:
                       "numbers (train-params) or a larger epsilon help.[/]")
     else:
         console.print(line)
+    from common.federation.trainable import train_params_advice
+
+    advice = train_params_advice(train_params, noise["records_per_step"])
+    if advice:
+        console.print(f"[cyan]hint:[/] {advice}")
 
 
 def _report(result: dict, out: Path) -> None:
