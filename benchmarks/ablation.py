@@ -9,6 +9,8 @@ test split:
 
   direct           the source teacher, no adaptation
   pair_finetune    InfoNCE on target image-caption pairs, in-batch negatives
+  pair_finetune_ema  the same, returning an EMA (0.99 per step) of its weights: the weight averaging
+                   GCKD gets from keeping its momentum teacher, given to the baseline too
   cmkd_only        momentum teacher + CMKD, no graph
   gmp_only         GMP-refined targets from the frozen source teacher
   gckd_full        momentum teacher + GMP + CMKD, graph across target records
@@ -37,7 +39,7 @@ from common.train.pair_finetune import PairFinetuneConfig, pair_finetune
 from common.train.pretrain import PretrainConfig, evaluate_heads, pretrain
 from common.train.site_context import PublicBank
 
-RUNS = ("direct", "pair_finetune", "cmkd_only", "gmp_only", "gckd_full", "gckd_per_record", "oracle", "oracle_scratch")
+RUNS = ("direct", "pair_finetune", "pair_finetune_ema", "cmkd_only", "gmp_only", "gckd_full", "gckd_per_record", "oracle", "oracle_scratch")
 
 
 def variant_configs(seed: int, epochs: int) -> dict[str, AdaptConfig]:
@@ -65,6 +67,8 @@ def run_pair(bb, data: Path, src: str, tgt: str, seed: int, cache, epochs: int, 
     record("direct", teacher)
     if "pair_finetune" in only:
         record("pair_finetune", pair_finetune(teacher, t_train, PairFinetuneConfig(seed=seed, epochs=epochs))[0])
+    if "pair_finetune_ema" in only:
+        record("pair_finetune_ema", pair_finetune(teacher, t_train, PairFinetuneConfig(seed=seed, epochs=epochs, ema=0.99))[0])
     for name, cfg in variant_configs(seed, epochs).items():
         if name in only:
             record(name, adapt(teacher, t_train, bank, cfg)[0])

@@ -55,7 +55,7 @@ def test_adapt_per_record_runs_without_target_labels(pipeline):
     r = run("adapt", "--teacher", ckpt, "--data", data, "--target", "outline", "--out", out, "--mode", "per-record", "--epochs", "1", "--anchors", "32", "--cache", cache)
     assert r.exit_code == 0, r.output
     meta = json.loads((out / "config.json").read_text())["meta"]
-    assert meta["role"] == "student" and "fixed schedule" in meta["adaptation"]["selection"]
+    assert meta["role"] == "student" and "fixed schedule, the moving average (momentum 0.99)" in meta["adaptation"]["selection"]
     assert meta["adaptation"]["privacy_history"], "per-record mode releases DP prototypes and must account them"
 
 

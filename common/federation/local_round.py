@@ -55,6 +55,7 @@ def adapt_config(cfg: FedConfig, seed: int) -> AdaptConfig:
                        momentum=1.0,  # teacher fixed within the round; the server's EMA moves it
                        refresh_steps=10**9,  # fixed teacher: its GMP targets are computed once
                        text_phase=0.0,  # not yet in the federated path: per-record sites train the image head only
+                       average=None,  # a site sends its last local student; averaging across rounds is the server's
                        seed=seed, prototypes=cfg.prototypes, prototype_iters=cfg.prototype_iters,
                        prototype_noise=cfg.prototype_noise_multiplier())
 

@@ -22,7 +22,8 @@ def adapt(
     out: Path = typer.Option(..., "--out", help="Checkpoint folder to write."),
     mode: str = typer.Option("full", "--mode", help="full (graph and negatives across target records) or per-record (each record's loss depends on that record and public data only: first the image head learns the teacher's captions, then the text head learns the adapted images)."),
     epochs: int = typer.Option(20, "--epochs", help="Fixed schedule; the last epoch is kept (no selection on target data)."),
-    teacher_rounds: int = typer.Option(2, "--teacher-rounds", min=1, help="Run the schedule this many times, each round's student the next round's teacher."),
+    teacher_rounds: int = typer.Option(2, "--teacher-rounds", min=1, help="Run the schedule this many times, each round's result the next round's teacher."),
+    average: float = typer.Option(0.99, "--average", min=0.0, max=1.0, help="Keep a moving average of the student's weights with this momentum per step as the result (1 keeps the last student instead)."),
     anchors: int = typer.Option(2048, "--anchors", help="Source anchors per modality in the public bank."),
     seed: int = typer.Option(0, "--seed"),
     cache: Path = typer.Option(None, "--cache", help=CACHE_HELP),
@@ -46,10 +47,12 @@ def adapt(
             raise ValueError(f"{teacher}: checkpoint does not record its source domain (needed for the public anchor bank)")
         src_fs = features(bb, Path(src.get("data", data)), src["domain"], "train", cache)
         tgt_fs = features(bb, data, target, "train", cache, labels=False)
-        cfg = AdaptConfig(mode=mode_key, epochs=epochs, teacher_rounds=teacher_rounds, seed=seed)
+        cfg = AdaptConfig(mode=mode_key, epochs=epochs, teacher_rounds=teacher_rounds, seed=seed,
+                          average=None if average >= 1.0 else average)
         bank = PublicBank.from_source(src_fs, anchors, seed=seed)
         with progress_bar(f"adapt ({mode})") as bar:
             student, log = run(ckpt.heads, tgt_fs, bank, cfg, progress=bar)
         meta = {"role": "student", "source": src, "target": {"data": str(data), "domain": target}, "teacher": str(teacher), "adaptation": log}
         save_checkpoint(Checkpoint(student, bb.name, bb.fingerprint(), ckpt.head_config, ckpt.text_dim, ckpt.image_dim, seed, meta), out)
-    console.print(f"wrote {out} (mode {mode}, {teacher_rounds} x {epochs} epochs, fixed schedule)")
+    kept = "last student" if cfg.average is None else f"weight average, momentum {cfg.average}"
+    console.print(f"wrote {out} (mode {mode}, {teacher_rounds} x {epochs} epochs, fixed schedule, {kept})")
