@@ -3,9 +3,10 @@
 Reads only target *features and pairings*: the FeatureSet passed in must come
 without identity labels (`FeatureSet.without_labels()`), and this module
 refuses one that has them. No model selection happens here: the schedule is
-fixed (``epochs``, run ``teacher_rounds`` times, each round's student the
-next round's teacher) and the last student is returned, so neither the
-target test split nor target labels can leak into the result.
+fixed (``epochs``, run ``teacher_rounds`` times, each round's result the
+next round's teacher) and its end is returned (the moving average of the
+student's weights, ``average``), so neither the target test split nor
+target labels can leak into the result.
 
 Variants (the ablation of benchmarks/ablation.py):
   gckd      momentum teacher + GMP refinement + CMKD (``use_gmp``, ``momentum`` < 1; per-record mode

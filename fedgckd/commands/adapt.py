@@ -21,7 +21,7 @@ def adapt(
     target: str = typer.Option(..., "--target", help="Target domain; only its train split's images and captions are read, never its identities."),
     out: Path = typer.Option(..., "--out", help="Checkpoint folder to write."),
     mode: str = typer.Option("full", "--mode", help="full (graph and negatives across target records) or per-record (each record's loss depends on that record and public data only: first the image head learns the teacher's captions, then the text head learns the adapted images)."),
-    epochs: int = typer.Option(20, "--epochs", help="Fixed schedule; the last epoch is kept (no selection on target data)."),
+    epochs: int = typer.Option(20, "--epochs", help="Fixed schedule, no selection on target data."),
     teacher_rounds: int = typer.Option(2, "--teacher-rounds", min=1, help="Run the schedule this many times, each round's result the next round's teacher."),
     average: float = typer.Option(0.99, "--average", min=0.0, max=1.0, help="Keep a moving average of the student's weights with this momentum per step as the result (1 keeps the last student instead)."),
     anchors: int = typer.Option(2048, "--anchors", help="Source anchors per modality in the public bank."),
