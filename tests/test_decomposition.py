@@ -140,22 +140,22 @@ def test_record_view_for_neighbour_groups():
 
     import pytest
 
-    from common.train.adapt import AdaptConfig, _neighbour_groups, _record_view
+    from common.train.graph_batches import neighbour_groups, record_view
 
     r_img = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     r_txt = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])  # record 0 has two captions
     t2i = torch.tensor([0, 0, 1, 2])
-    assert torch.equal(_record_view(r_img, r_txt, t2i, AdaptConfig(group_by="image")), r_img)
-    text = _record_view(r_img, r_txt, t2i, AdaptConfig(group_by="text"))
+    assert torch.equal(record_view(r_img, r_txt, t2i, "image"), r_img)
+    text = record_view(r_img, r_txt, t2i, "text")
     assert torch.allclose(text, torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]))
-    both = _record_view(r_img, r_txt, t2i, AdaptConfig(group_by="image+text"))
+    both = record_view(r_img, r_txt, t2i, "image+text")
     s = 1 / math.sqrt(2)
     assert torch.allclose(both, torch.tensor([[s, 0, 0, s], [0, s, s, 0], [s, 0, 0, s]]))
     # by text, record 0's nearest is record 2 (same caption direction), not record 1
-    groups = _neighbour_groups(text, AdaptConfig(group_size=2))
+    groups = neighbour_groups(text, 2)
     assert groups[0].tolist() == [2] and groups[2].tolist() == [0]
     with pytest.raises(ValueError, match="group_by"):
-        _record_view(r_img, r_txt, t2i, AdaptConfig(group_by="pixels"))
+        record_view(r_img, r_txt, t2i, "pixels")
 
 
 def test_per_record_loss_reads_captions_not_the_teachers_image_view():

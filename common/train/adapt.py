@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from common.graph.gmp import GMPConfig, propagate
-from common.graph.knn import topk_chunked
 from common.losses.caption_to_image import caption_to_image_losses
 from common.losses.cmkd import CMKDConfig, Side, per_record_losses
 from common.models.feature_cache import FeatureSet
 from common.models.heads import DualHeads
 from common.train.embed import embed_featureset
+from common.train.graph_batches import graph_batch, mutual_neighbours, neighbour_groups, record_view
 from common.train.site_context import PublicBank, SiteContext, build_site_context
 
 
@@ -115,49 +115,6 @@ def refine(teacher: DualHeads, target: FeatureSet, ctx: SiteContext, cfg: AdaptC
     if not cfg.use_gmp:
         return image, text
     return propagate(image, text, target.text_to_image, ctx.public_nodes(), cfg.gmp, cfg.mode)
-
-
-def _record_view(r_img: torch.Tensor, r_txt: torch.Tensor, text_to_image: torch.Tensor, cfg: AdaptConfig) -> torch.Tensor:
-    """The embedding records are compared by: refined image, or refined image beside the mean refined caption."""
-    if cfg.group_by == "image":
-        return r_img
-    if cfg.group_by not in ("text", "image+text"):
-        raise ValueError(f"group_by must be 'image', 'text' or 'image+text', got {cfg.group_by!r}")
-    txt = F.normalize(torch.zeros_like(r_img).index_add(0, text_to_image, r_txt), dim=-1)
-    return txt if cfg.group_by == "text" else F.normalize(torch.cat([r_img, txt], dim=1), dim=-1)
-
-
-def _neighbour_groups(view: torch.Tensor, cfg: AdaptConfig) -> torch.Tensor | None:
-    """Each record's group_size-1 nearest records by `view` (see `_record_view`)."""
-    if cfg.group_size <= 1 or len(view) <= cfg.group_size:
-        return None
-    _, idx = topk_chunked(view, view, cfg.group_size - 1, exclude_diagonal=True)
-    return idx
-
-
-def _mutual(groups: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
-    """[len(a), len(b)] bool: records a[i] and b[j] are in each other's neighbour lists."""
-    if groups is None:
-        return None
-    ga, gb = groups[a], groups[b]  # [A, k], [B, k]
-    a_has_b = (ga[:, None, :] == b[None, :, None]).any(-1)
-    b_has_a = (gb[None, :, :] == a[:, None, None]).any(-1)
-    return a_has_b & b_has_a
-
-
-def _batch(perm: torch.Tensor, b: int, groups: torch.Tensor | None, cfg: AdaptConfig) -> torch.Tensor:
-    if groups is None:
-        return perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-    n_seeds = max(1, cfg.batch_size // cfg.group_size)
-    seeds = perm[(b * n_seeds) % len(perm) :][:n_seeds]
-    recs = torch.cat([seeds, groups[seeds].reshape(-1)])
-    return _first_unique(recs)[: cfg.batch_size]
-
-
-def _first_unique(x: torch.Tensor) -> torch.Tensor:
-    seen: set[int] = set()
-    keep = [v for v in x.tolist() if not (v in seen or seen.add(v))]
-    return torch.tensor(keep, dtype=torch.long)
 
 
 def adapt(
@@ -263,8 +220,8 @@ def _adapt_one_round(
         for b in range(min(steps_per_epoch, total - step)):
             if step % cfg.refresh_steps == 0:
                 r_img, r_txt = refine(teacher, target, ctx, cfg)
-                groups = _neighbour_groups(_record_view(r_img, r_txt, text_record, cfg), cfg) if cfg.mode == "full" else None
-            recs = _batch(perm, b, groups, cfg)
+                groups = neighbour_groups(record_view(r_img, r_txt, text_record, cfg.group_by), cfg.group_size) if cfg.mode == "full" else None
+            recs = graph_batch(perm, b, groups, cfg.batch_size, cfg.group_size)
             txt = torch.tensor([t for r in recs.tolist() for t in caps_of[r]])
             local = torch.full((n_rec,), -1, dtype=torch.long)
             local[recs] = torch.arange(len(recs))
@@ -291,8 +248,8 @@ def _adapt_one_round(
             txt_owner = text_record[txt]
             none_ = recs[:0]
             empty = r_img_b[:0]
-            pos_t = _mutual(groups, rec_global, recs) if full else None
-            pos_i = _mutual(groups, recs, txt_owner) if full else None
+            pos_t = mutual_neighbours(groups, rec_global, recs) if full else None
+            pos_i = mutual_neighbours(groups, recs, txt_owner) if full else None
             # per-record: the teacher sees a record through its captions (on a new domain its image tower is the
             # weak one: a record's nearest record by teacher image is the same person 9% of the time, by caption 95%)
             view_b = r_img_b if full else r_img_pair
