@@ -59,6 +59,17 @@ def test_adapt_per_record_runs_without_target_labels(pipeline):
     assert meta["adaptation"]["privacy_history"], "per-record mode releases DP prototypes and must account them"
 
 
+def test_adapt_average_one_keeps_the_last_student(pipeline, tmp_path):
+    root, data, cache, ckpt = pipeline
+    out = tmp_path / "last"
+    r = run("adapt", "--teacher", ckpt, "--data", data, "--target", "outline", "--out", out, "--epochs", "1",
+            "--teacher-rounds", "1", "--average", "1", "--anchors", "32", "--cache", cache)
+    assert r.exit_code == 0, r.output
+    assert "last student" in json.loads((out / "config.json").read_text())["meta"]["adaptation"]["selection"]
+    r = run("adapt", "--teacher", ckpt, "--data", data, "--target", "outline", "--out", tmp_path / "x", "--average", "1.5")
+    assert r.exit_code == 2
+
+
 def test_bad_inputs_give_clear_errors(pipeline, tmp_path):
     root, data, cache, ckpt = pipeline
     r = run("evaluate", "--model", ckpt, "--data", data, "--target", "nowhere", "--split", "val", "--cache", cache)
