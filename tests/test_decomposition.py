@@ -223,6 +223,47 @@ def test_caption_to_image_loss_hand_worked_and_per_record():
     assert torch.equal(txt.grad[2], -img[1]) and torch.equal(txt.grad[0], -img[0] / 2)
 
 
+def test_caption_to_image_public_negatives_hand_worked():
+    import math
+
+    from common.losses.caption_to_image import caption_to_image_losses
+
+    img = torch.tensor([[1.0, 0.0]])
+    txt = torch.tensor([[1.0, 0.0]])
+    keys = torch.tensor([[0.0, 1.0], [-1.0, 0.0]])  # the own image's nearest public image is keys[0] (cos 0 vs -1)
+    rec = torch.tensor([0])
+    one = caption_to_image_losses(txt, img, rec, 1, keys, hard_negatives=1, weight=0.5, tau=1.0)
+    assert torch.allclose(one, torch.tensor([0.5 * math.log(1 + math.exp(-1))]))  # cos term 0; CE over (1, 0)
+    both = caption_to_image_losses(txt, img, rec, 1, keys, hard_negatives=2, weight=1.0, tau=1.0)
+    assert torch.allclose(both, torch.tensor([math.log(1 + math.exp(-1) + math.exp(-2))]))
+    assert torch.equal(caption_to_image_losses(txt, img, rec, 1, keys, weight=0.0), caption_to_image_losses(txt, img, rec, 1))
+
+
+def test_caption_to_image_with_public_negatives_decomposes():
+    """Per-record gradients of a batch equal batch-of-one gradients (the text head's parameters)."""
+    from common.losses.caption_to_image import caption_to_image_losses
+
+    g = torch.Generator().manual_seed(0)
+    heads = DualHeads(DT, DI, HeadConfig(out_dim=D, hidden=16)).double()
+    caps = torch.randn(10, DT, generator=g, dtype=torch.float64)
+    rec = torch.tensor([0, 0, 1, 2, 2, 3, 4, 4, 5, 5])
+    img = F.normalize(torch.randn(6, D, generator=g, dtype=torch.float64), dim=-1)
+    keys = F.normalize(torch.randn(30, D, generator=g, dtype=torch.float64), dim=-1)
+    params = list(heads.text_head.parameters())
+
+    def grads(loss):
+        return torch.autograd.grad(loss, params, retain_graph=True)
+
+    batch = caption_to_image_losses(heads.text(caps), img, rec, 6, keys, hard_negatives=5)
+    for r in range(6):
+        mine = rec == r
+        alone = caption_to_image_losses(heads.text(caps[mine]), img[r : r + 1], torch.zeros(int(mine.sum()), dtype=torch.long), 1,
+                                        keys, hard_negatives=5)
+        torch.testing.assert_close(batch[r : r + 1], alone)
+        for a, b in zip(grads(batch[r]), grads(alone[0])):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
 def test_teacher_rounds_continue_from_the_previous_rounds_student_as_teacher():
     """Two rounds equal one round, then a second one-round run whose teacher is the first run's student."""
     import copy
