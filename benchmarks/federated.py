@@ -31,6 +31,7 @@ from bench_utils import command_line, ensure_data, features, machine, write
 
 from common.atomic import read_json
 from common.checkpoint import load_checkpoint
+from common.losses.cmkd import CMKDConfig
 from common.models.backbones import build_backbone
 from common.train.adapt import AdaptConfig, adapt
 from common.train.pretrain import evaluate_heads
@@ -103,9 +104,9 @@ def main() -> None:
     both = lambda heads: evaluate_heads(heads, test) | {"val_R1": evaluate_heads(heads, val)["R1"]}  # noqa: E731
     out["direct"] = both(ckpt.heads)
     out["central"] = both(adapt(ckpt.heads, tgt, bank, AdaptConfig())[0])
-    # not in the shape: the one-machine per-record run, the ceiling of the record-level runs (without the
-    # text phase, which the federated path does not run yet)
-    out["central_per_record"] = both(adapt(ckpt.heads, tgt, bank, AdaptConfig(mode="per_record", text_phase=0.0))[0])
+    # not in the shape: the one-machine per-record run, the ceiling of the record-level runs, with the
+    # federation's per-record settings (no text phase, which the federated path does not run; kd_weight 1.0)
+    out["central_per_record"] = both(adapt(ckpt.heads, tgt, bank, AdaptConfig(mode="per_record", text_phase=0.0, teacher_rounds=2, cmkd=CMKDConfig()))[0])
     print(f"central: R1 {out['central']['R1']:.2f}; central per-record: R1 {out['central_per_record']['R1']:.2f}", flush=True)
     jobs = [(name, rep, extra) for name, extra in RUNS.items()
             for rep in range(args.repeats if name.startswith("fed_record") else 1)]

@@ -272,7 +272,8 @@ def test_teacher_rounds_continue_from_the_previous_rounds_student_as_teacher():
 
     fs, bank = _tiny_site()
     teacher = DualHeads(DT, DI, HeadConfig(out_dim=D, hidden=16))
-    cfg = AdaptConfig(mode="per_record", epochs=2, batch_size=8, prototypes=2, prototype_noise=1.0, text_phase=0.5)
+    cfg = AdaptConfig(mode="per_record", epochs=2, batch_size=8, prototypes=2, prototype_noise=1.0, text_phase=0.5,
+                      teacher_rounds=2)
     seen = []
     two, log = adapt(teacher, fs, bank, cfg, progress=lambda done, total, info: seen.append((done, total, info["round"])))
     one_cfg = AdaptConfig(**{**cfg.__dict__, "teacher_rounds": 1})

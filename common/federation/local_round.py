@@ -56,6 +56,8 @@ def adapt_config(cfg: FedConfig, seed: int) -> AdaptConfig:
                        refresh_steps=10**9,  # fixed teacher: its GMP targets are computed once
                        text_phase=0.0,  # not yet in the federated path: per-record sites train the image head only
                        average=None,  # a site sends its last local student; averaging across rounds is the server's
+                       cmkd=CMKDConfig(),  # the full soft target (kd_weight 1.0), as tuned under DP; one-machine
+                       # per-record's 0.5 (AdaptConfig) was chosen without noise and is untested here
                        seed=seed, prototypes=cfg.prototypes, prototype_iters=cfg.prototype_iters,
                        prototype_noise=cfg.prototype_noise_multiplier())
 
@@ -82,7 +84,7 @@ def run_local_round(student: DualHeads, teacher: DualHeads, anchor_images: torch
     r_img, r_txt = refine(teacher, site, ctx, acfg)
     pack = RecordPack.from_features(site)
     targets = teacher_targets(r_img, pack_texts(r_txt, site.text_to_image, pack))
-    criterion = RecordLoss(ctx.public_images(), ctx.public_texts(), CMKDConfig(), teacher.cfg.out_dim)
+    criterion = RecordLoss(ctx.public_images(), ctx.public_texts(), acfg.cmkd, teacher.cfg.out_dim)
     rl = RecordLevelConfig(noise_multiplier=dp_sgd_noise, clip_norm=cfg.clip_norm, sample_rate=cfg.sample_rate,
                            steps=cfg.local_steps, lr=cfg.lr or SGD_LR)
     student.train()

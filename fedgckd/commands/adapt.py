@@ -22,7 +22,7 @@ def adapt(
     out: Path = typer.Option(..., "--out", help="Checkpoint folder to write."),
     mode: str = typer.Option("full", "--mode", help="full (graph and negatives across target records) or per-record (each record's loss depends on that record and public data only: first the image head learns the teacher's captions, then the text head learns the adapted images)."),
     epochs: int = typer.Option(20, "--epochs", help="Fixed schedule, no selection on target data."),
-    teacher_rounds: int = typer.Option(2, "--teacher-rounds", min=1, help="Run the schedule this many times, each round's result the next round's teacher."),
+    teacher_rounds: int | None = typer.Option(None, "--teacher-rounds", min=1, help="Run the schedule this many times, each round's result the next round's teacher [default: 2 in full mode, 4 in per-record mode]."),
     average: float = typer.Option(0.99, "--average", min=0.0, max=1.0, help="Keep a moving average of the student's weights with this momentum per step as the result (1 keeps the last student instead)."),
     anchors: int = typer.Option(2048, "--anchors", help="Source anchors per modality in the public bank."),
     seed: int = typer.Option(0, "--seed"),
@@ -31,7 +31,7 @@ def adapt(
     """Adapt with GMP graph propagation and CMKD momentum distillation."""
     from common.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from common.models.backbones import build_backbone
-    from common.train.adapt import AdaptConfig, adapt as run
+    from common.train.adapt import AdaptConfig, adapt as run, resolved
     from common.train.site_context import PublicBank
 
     mode_key = mode.replace("-", "_")
@@ -49,10 +49,11 @@ def adapt(
         tgt_fs = features(bb, data, target, "train", cache, labels=False)
         cfg = AdaptConfig(mode=mode_key, epochs=epochs, teacher_rounds=teacher_rounds, seed=seed,
                           average=None if average >= 1.0 else average)
+        cfg = resolved(cfg)
         bank = PublicBank.from_source(src_fs, anchors, seed=seed)
         with progress_bar(f"adapt ({mode})") as bar:
             student, log = run(ckpt.heads, tgt_fs, bank, cfg, progress=bar)
         meta = {"role": "student", "source": src, "target": {"data": str(data), "domain": target}, "teacher": str(teacher), "adaptation": log}
         save_checkpoint(Checkpoint(student, bb.name, bb.fingerprint(), ckpt.head_config, ckpt.text_dim, ckpt.image_dim, seed, meta), out)
     kept = "last student" if cfg.average is None else f"weight average, momentum {cfg.average}"
-    console.print(f"wrote {out} (mode {mode}, {teacher_rounds} x {epochs} epochs, fixed schedule, {kept})")
+    console.print(f"wrote {out} (mode {mode}, {cfg.teacher_rounds} x {epochs} epochs, fixed schedule, {kept})")
