@@ -18,88 +18,21 @@ Variants (the ablation of benchmarks/ablation.py):
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from common.graph.gmp import GMPConfig, propagate
+from common.graph.gmp import propagate
 from common.losses.caption_to_image import caption_to_image_losses
-from common.losses.cmkd import CMKDConfig, Side, per_record_losses
+from common.losses.cmkd import Side, per_record_losses
 from common.models.feature_cache import FeatureSet
 from common.models.heads import DualHeads
+from common.train.adapt_config import AdaptConfig, resolved  # noqa: F401 (re-exported: callers import them from here)
 from common.train.embed import embed_featureset
 from common.train.graph_batches import graph_batch, mutual_neighbours, neighbour_groups, record_view
 from common.train.site_context import PublicBank, SiteContext, build_site_context
-
-
-@dataclass
-class AdaptConfig:
-    mode: str = "full"  # "full" or "per_record" (DESIGN.md section 4)
-    epochs: int = 20  # fixed schedule: no selection on target data
-    batch_size: int = 64  # records per step
-    lr: float = 1e-3  # as in pretraining; 3e-4 left every variant under-trained on the dev pair
-    weight_decay: float = 1e-4
-    momentum: float | None = None  # EMA of the teacher per step; 1.0 freezes it (gmp_only). None: 0.99 in full mode,
-    # 1.0 in per-record mode (there the teacher gives caption views and public keys; an image head that follows the
-    # student lets the public keys drift with it: dev pair val R1 25.3 -> 28.1 frozen, 27.3 -> 29.0 on a second seed)
-    use_gmp: bool = True
-    refresh_steps: int = 25  # recompute the teacher's refined target embeddings this often
-    group_size: int = 3  # full mode: a batch is seeds plus each seed's nearest records in the refined graph,
-    # so that a person's other views are candidates and the teacher's soft targets can give them mass. 3 = a
-    # seed and its 2 nearest: about the images per person of CUHK-PEDES (3.3) and of the generated benchmark (3);
-    # on the dev pair's val split 3 beat 4 (50.2 vs 45.1 R1 with text groups)
-    group_by: str = "text"  # full mode: neighbours (batch groups, pseudo-positives) by the record's mean refined
-    # caption ("text"), the refined "image", or both side by side ("image+text"). On the dev pair's train split
-    # (labels used for this diagnostic only) a record's nearest record by caption is the same person 94% of the
-    # time, by refined image 81%; text groups gave the best val R1 (dev pair 50.2 vs 47.9 image+text, 45.1 image)
-    queue_size: int = 0  # refined target features kept as extra candidates (full mode); off: it did not help on the dev pair
-    seed: int = 0
-    gmp: GMPConfig = field(default_factory=GMPConfig)
-    cmkd: CMKDConfig | None = None  # None: CMKDConfig() in full mode; in per-record mode the same with kd_weight 0.5
-    # (half one-hot on the own pair, half the teacher's soft spread over the public keys). Val R1, seeds 0 / 1, two
-    # teacher rounds, kd_weight 1.0 -> 0.5: flat->outline 45.8 -> 46.5, 46.7 -> 46.8; flat->shaded 21.2 -> 24.0, 23.0 -> 26.2
-    text_phase: float = 0.75  # per_record mode: share of the schedule, at its end, in which the image head is fixed and
-    # the text head learns to land on its record's image embedding (`common.losses.caption_to_image`); the image phase
-    # plateaus within 5 epochs. Val splits of both pairs (no test split), R1 flat->outline / flat->shaded: text head
-    # kept 28-30 / 5-7; share 0.5: 37.3 / 13.1; 0.75: 39.3 / 16.2; 0.85: 37.3 / 14.9; both heads at once: 32.8 / 10.2
-    text_negatives: int = 64  # per_record text phase: public source images nearest each record's own image (by the
-    # fixed image head) as negatives of its captions, beside the regression onto the own image; 0 turns them off.
-    # Val R1, seeds 0 / 1, without -> with (64, weight 0.1): flat->outline 42.2 -> 45.8, 40.3 -> 46.7; flat->shaded
-    # 22.4 -> 21.2, 23.1 -> 23.0 (weight 1.0: 45.6 / 20.6; 16 negatives: 46.2 / 22.1)
-    text_negative_weight: float = 0.1
-    prototypes: int = 64  # per_record mode: DP k-means prototypes per modality
-    prototype_iters: int = 3  # noisy Lloyd iterations (each one is accounted)
-    prototype_noise: float = 2.0  # noise multiplier of each prototype release
-    teacher_rounds: int | None = None  # run the schedule this many times, each round's student the next round's
-    # teacher. None: 2 in full mode, 4 in per-record mode. Val splits, R1 one round -> two, seeds 0 / 1 (before weight
-    # averaging): per-record flat->outline 39.2 -> 40.9 / 37.4 -> 41.5, flat->shaded 16.2 -> 21.3 / 16.4 -> 19.8; full
-    # flat->outline 50.2 -> 49.8 / 49.8 -> 52.7, flat->shaded 34.4 -> 37.8 / 31.2 -> 33.3. The gain is the new teacher,
-    # not the longer training: one per-record round of 40 epochs gave 38.8 / 14.2. Per-record with averaging, public
-    # text negatives and kd_weight 0.5, R1 mean of seeds 0 and 1 for 2 / 3 / 4 / 5 / 6 rounds: flat->outline 46.7 /
-    # 45.9 / 44.7 / 44.5 / 43.7, flat->shaded 25.1 / 26.4 / 29.0 / 29.2 / 28.6; 4 has the best sum (5 the same, slower)
-    average: float | None = 0.99  # the result is an exponential moving average of the student's weights with this
-    # momentum per step (Polyak averaging; mean-teacher methods such as MMT keep their averaged network), and each
-    # round after the first starts from it and takes it as teacher; None keeps the last student. With full mode's
-    # default teacher momentum (0.99) the average is the momentum teacher itself. It is post-processing of the
-    # student's iterates, so it costs no privacy. Val splits, full GCKD, last student -> average: flat->outline
-    # seeds 0/1/2 49.8 -> 53.6, 52.7 -> 53.5, 49.1 -> 53.7 (chained into round 2: 54.8 and 53.9 for seeds 0/1);
-    # flat->shaded 37.8 -> 37.9, 33.3 -> 35.8, 37.7 -> 39.2. Averaging helps the naive baseline as much
-    # (`PairFinetuneConfig.ema`), so the ablation reports that baseline too
-
-
-def resolved(cfg: AdaptConfig) -> AdaptConfig:
-    """The config with its mode-dependent defaults (None) filled in, as the run uses and logs it."""
-    if cfg.mode not in ("full", "per_record"):
-        raise ValueError(f"mode must be 'full' or 'per_record', got {cfg.mode!r}")
-    per_record = cfg.mode == "per_record"
-    return replace(
-        cfg,
-        momentum=cfg.momentum if cfg.momentum is not None else (1.0 if per_record else 0.99),
-        teacher_rounds=cfg.teacher_rounds if cfg.teacher_rounds is not None else (4 if per_record else 2),
-        cmkd=cfg.cmkd if cfg.cmkd is not None else (CMKDConfig(kd_weight=0.5) if per_record else CMKDConfig()),
-    )
 
 
 def _ema(average: DualHeads, student: DualHeads, m: float) -> None:
