@@ -57,6 +57,9 @@ def test_adapt_per_record_runs_without_target_labels(pipeline):
     meta = json.loads((out / "config.json").read_text())["meta"]
     assert meta["role"] == "student" and "fixed schedule, the moving average (momentum 0.99)" in meta["adaptation"]["selection"]
     assert meta["adaptation"]["privacy_history"], "per-record mode releases DP prototypes and must account them"
+    # per-record's own defaults (four teacher rounds, half soft target), as run and as logged
+    assert meta["adaptation"]["config"]["teacher_rounds"] == 4 and meta["adaptation"]["config"]["cmkd"]["kd_weight"] == 0.5
+    assert sorted({e["round"] for e in meta["adaptation"]["epochs"]}) == [1, 2, 3, 4] and "4 x 1 epochs" in " ".join(r.output.split())
 
 
 def test_adapt_average_one_keeps_the_last_student(pipeline, tmp_path):
