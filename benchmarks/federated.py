@@ -106,7 +106,8 @@ def main() -> None:
     out["central"] = both(adapt(ckpt.heads, tgt, bank, AdaptConfig())[0])
     # not in the shape: the one-machine per-record run, the ceiling of the record-level runs, with the
     # federation's per-record settings (no text phase, which the federated path does not run; kd_weight 1.0)
-    out["central_per_record"] = both(adapt(ckpt.heads, tgt, bank, AdaptConfig(mode="per_record", text_phase=0.0, teacher_rounds=2, cmkd=CMKDConfig()))[0])
+    out["central_per_record"] = both(adapt(ckpt.heads, tgt, bank, AdaptConfig(mode="per_record", text_phase=0.0, teacher_rounds=2, cmkd=CMKDConfig(),
+                                                                             whiten=0.0))[0])
     print(f"central: R1 {out['central']['R1']:.2f}; central per-record: R1 {out['central_per_record']['R1']:.2f}", flush=True)
     jobs = [(name, rep, extra) for name, extra in RUNS.items()
             for rep in range(args.repeats if name.startswith("fed_record") else 1)]

@@ -77,7 +77,8 @@ def test_full_mode_returns_the_moving_average_of_the_students_steps(steps):
 def test_per_record_mode_averages_the_trained_head_and_keeps_the_frozen_one(steps):
     fs, bank = _site()
     teacher = _heads()
-    cfg = AdaptConfig(mode="per_record", epochs=2, batch_size=8, prototypes=0, text_phase=0.0, teacher_rounds=1, average=0.8)
+    cfg = AdaptConfig(mode="per_record", epochs=2, batch_size=8, prototypes=0, text_phase=0.0, teacher_rounds=1, average=0.8,
+                      whiten=0.0)
     kept, _ = adapt(teacher, fs, bank, cfg)
     assert len(steps) == 6
     assert _close(list(kept.image_head.parameters()), _moving_average(list(teacher.image_head.parameters()), steps, 0.8))

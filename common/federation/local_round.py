@@ -56,6 +56,7 @@ def adapt_config(cfg: FedConfig, seed: int) -> AdaptConfig:
                        refresh_steps=10**9,  # fixed teacher: its GMP targets are computed once
                        text_phase=0.0,  # not yet in the federated path: per-record sites train the image head only
                        average=None,  # a site sends its last local student; averaging across rounds is the server's
+                       whiten=0.0,  # one-machine whitening releases a 256x256 matrix per modality: not a student update
                        cmkd=CMKDConfig(),  # the full soft target (kd_weight 1.0), as tuned under DP; one-machine
                        # per-record's 0.5 (AdaptConfig) was chosen without noise and is untested here
                        seed=seed, prototypes=cfg.prototypes, prototype_iters=cfg.prototype_iters,

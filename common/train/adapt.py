@@ -29,6 +29,7 @@ from common.losses.caption_to_image import caption_to_image_losses
 from common.losses.cmkd import Side, per_record_losses
 from common.models.feature_cache import FeatureSet
 from common.models.heads import DualHeads
+from common.privacy.site_whitening import whiten_heads
 from common.train.adapt_config import AdaptConfig, resolved  # noqa: F401 (re-exported: callers import them from here)
 from common.train.embed import embed_featureset
 from common.train.graph_batches import graph_batch, mutual_neighbours, neighbour_groups, record_view
@@ -104,6 +105,8 @@ def adapt(
         raise ValueError(f"average must be in [0, 1) or None, got {cfg.average}")
     if rounds < 1:
         raise ValueError(f"teacher_rounds must be at least 1, got {rounds}")
+    if cfg.whiten > 0 and steps is not None:
+        raise ValueError("whitening ends a whole schedule: a federated local round (steps=...) must run with whiten=0")
     logs: list[dict] = []
     teacher = teacher_heads
     for r in range(rounds):
@@ -118,14 +121,18 @@ def adapt(
             for p in teacher.parameters():
                 p.requires_grad_(True)
             student = None
-    if rounds == 1:
-        return student, logs[0]
-    return student, {
+    log = logs[0] if rounds == 1 else {
         "config": logs[0]["config"],
         "epochs": [{"round": r + 1, **e} for r, log in enumerate(logs) for e in log["epochs"]],
         "selection": logs[0]["selection"],
         "privacy_history": [h for log in logs for h in log["privacy_history"]],
     }
+    if cfg.whiten > 0:
+        student, history = whiten_heads(student, target, bank.image_feats, bank.text_feats, cfg.whiten_noise, cfg.whiten,
+                                        torch.Generator().manual_seed(cfg.seed))
+        log["privacy_history"] = log["privacy_history"] + history
+        log["selection"] += f"; then whitened on the site's DP moments (noise {cfg.whiten_noise}, shrinkage {cfg.whiten})"
+    return student.eval(), log
 
 
 def _adapt_one_round(

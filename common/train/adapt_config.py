@@ -44,6 +44,13 @@ class AdaptConfig:
     # Val R1, seeds 0 / 1, without -> with (64, weight 0.1): flat->outline 42.2 -> 45.8, 40.3 -> 46.7; flat->shaded
     # 22.4 -> 21.2, 23.1 -> 23.0 (weight 1.0: 45.6 / 20.6; 16 negatives: 46.2 / 22.1)
     text_negative_weight: float = 0.1
+    whiten: float | None = None  # shrinkage of the DP whitening folded into both heads at the end
+    # (`common.privacy.site_whitening`); None: 1.0 in per-record mode, 0 (off) in full mode. A per-record loss never
+    # spreads a site's records apart, whitening does. Val R1, seeds 0 / 1, noise 5, shrinkage 0.3 / 1 / 3 / 10:
+    # flat->outline 46.2 -> 49.8 / 52.0 / 50.6 / 48.4, 45.8 -> 47.3 / 48.5 / 48.3 / 46.7; flat->shaded 28.8 -> 30.8 /
+    # 32.2 / 32.4 / 32.0, 26.9 -> 30.6 / 30.7 / 30.4 / 28.3. On normalised embeddings (no noise) it cost full GCKD
+    # 3 R1 at shrinkage 1 (flat->outline 54.8 -> 51.8, flat->shaded 37.2 -> 34.3), and pair fine-tuning 4.5 / 2.9
+    whiten_noise: float = 5.0  # noise multiplier of each of its releases: at 2 the val R1 were the same within 1
     prototypes: int = 64  # per_record mode: DP k-means prototypes per modality
     prototype_iters: int = 3  # noisy Lloyd iterations (each one is accounted)
     prototype_noise: float = 2.0  # noise multiplier of each prototype release
@@ -74,4 +81,5 @@ def resolved(cfg: AdaptConfig) -> AdaptConfig:
         momentum=cfg.momentum if cfg.momentum is not None else (1.0 if per_record else 0.99),
         teacher_rounds=cfg.teacher_rounds if cfg.teacher_rounds is not None else (4 if per_record else 2),
         cmkd=cfg.cmkd if cfg.cmkd is not None else (CMKDConfig(kd_weight=0.5) if per_record else CMKDConfig()),
+        whiten=cfg.whiten if cfg.whiten is not None else (1.0 if per_record else 0.0),
     )
