@@ -14,14 +14,14 @@ from common.train.site_context import PublicBank
 
 def test_per_record_defaults_are_four_rounds_half_soft_target_and_a_frozen_teacher():
     cfg = resolved(AdaptConfig(mode="per_record"))
-    assert (cfg.teacher_rounds, cfg.cmkd.kd_weight, cfg.momentum) == (4, 0.5, 1.0)
+    assert (cfg.teacher_rounds, cfg.cmkd.kd_weight, cfg.momentum, cfg.whiten) == (4, 0.5, 1.0, 1.0)
     # the rest of the CMKD settings are the shared defaults
     assert (cfg.cmkd.tau_student, cfg.cmkd.hard_negatives) == (CMKDConfig().tau_student, CMKDConfig().hard_negatives)
 
 
 def test_full_defaults_are_two_rounds_full_soft_target_and_a_momentum_teacher():
     cfg = resolved(AdaptConfig(mode="full"))
-    assert (cfg.teacher_rounds, cfg.cmkd.kd_weight, cfg.momentum) == (2, 1.0, 0.99)
+    assert (cfg.teacher_rounds, cfg.cmkd.kd_weight, cfg.momentum, cfg.whiten) == (2, 1.0, 0.99, 0.0)
 
 
 def test_explicit_values_are_kept_and_resolving_twice_changes_nothing():
@@ -40,6 +40,7 @@ def test_the_federation_keeps_the_soft_target_it_was_tuned_with():
     """Sites run kd_weight 1.0 (tuned under DP), not one-machine per-record's 0.5."""
     acfg = adapt_config(FedConfig(privacy="record"), seed=0)
     assert acfg.mode == "per_record" and acfg.cmkd.kd_weight == 1.0 and resolved(acfg).cmkd.kd_weight == 1.0
+    assert resolved(acfg).whiten == 0.0  # a site sends a student update, never a whitening release
 
 
 def test_the_logged_config_is_the_resolved_one():

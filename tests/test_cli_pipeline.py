@@ -60,6 +60,7 @@ def test_adapt_per_record_runs_without_target_labels(pipeline):
     # per-record's own defaults (four teacher rounds, half soft target), as run and as logged
     assert meta["adaptation"]["config"]["teacher_rounds"] == 4 and meta["adaptation"]["config"]["cmkd"]["kd_weight"] == 0.5
     assert sorted({e["round"] for e in meta["adaptation"]["epochs"]}) == [1, 2, 3, 4] and "4 x 1 epochs" in " ".join(r.output.split())
+    assert "DP-whitened" in " ".join(r.output.split()) and meta["adaptation"]["privacy_history"][-1] == [5.0, 1.0, 3]
 
 
 def test_adapt_average_one_keeps_the_last_student(pipeline, tmp_path):
@@ -69,6 +70,10 @@ def test_adapt_average_one_keeps_the_last_student(pipeline, tmp_path):
             "--teacher-rounds", "1", "--average", "1", "--anchors", "32", "--cache", cache)
     assert r.exit_code == 0, r.output
     assert "last student" in json.loads((out / "config.json").read_text())["meta"]["adaptation"]["selection"]
+    r = run("adapt", "--teacher", ckpt, "--data", data, "--target", "outline", "--out", tmp_path / "pr", "--mode", "per-record",
+            "--epochs", "1", "--teacher-rounds", "1", "--whiten", "0", "--anchors", "32", "--cache", cache)
+    assert r.exit_code == 0 and "DP-whitened" not in r.output
+    assert "whitened" not in json.loads((tmp_path / "pr" / "config.json").read_text())["meta"]["adaptation"]["selection"]
     r = run("adapt", "--teacher", ckpt, "--data", data, "--target", "outline", "--out", tmp_path / "x", "--average", "1.5")
     assert r.exit_code == 2
 

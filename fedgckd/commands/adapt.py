@@ -24,6 +24,7 @@ def adapt(
     epochs: int = typer.Option(20, "--epochs", help="Fixed schedule, no selection on target data."),
     teacher_rounds: int | None = typer.Option(None, "--teacher-rounds", min=1, help="Run the schedule this many times, each round's result the next round's teacher. Default: 2 in full mode, 4 in per-record mode."),
     average: float = typer.Option(0.99, "--average", min=0.0, max=1.0, help="Keep a moving average of the student's weights with this momentum per step as the result (1 keeps the last student instead)."),
+    whiten: float | None = typer.Option(None, "--whiten", min=0.0, help="Shrinkage of the DP whitening that ends the schedule, folded into both heads (0: off). Default: 1 in per-record mode, off in full mode."),
     anchors: int = typer.Option(2048, "--anchors", help="Source anchors per modality in the public bank."),
     seed: int = typer.Option(0, "--seed"),
     cache: Path = typer.Option(None, "--cache", help=CACHE_HELP),
@@ -48,7 +49,7 @@ def adapt(
         src_fs = features(bb, Path(src.get("data", data)), src["domain"], "train", cache)
         tgt_fs = features(bb, data, target, "train", cache, labels=False)
         cfg = AdaptConfig(mode=mode_key, epochs=epochs, teacher_rounds=teacher_rounds, seed=seed,
-                          average=None if average >= 1.0 else average)
+                          average=None if average >= 1.0 else average, whiten=whiten)
         cfg = resolved(cfg)
         bank = PublicBank.from_source(src_fs, anchors, seed=seed)
         with progress_bar(f"adapt ({mode})") as bar:
@@ -56,4 +57,6 @@ def adapt(
         meta = {"role": "student", "source": src, "target": {"data": str(data), "domain": target}, "teacher": str(teacher), "adaptation": log}
         save_checkpoint(Checkpoint(student, bb.name, bb.fingerprint(), ckpt.head_config, ckpt.text_dim, ckpt.image_dim, seed, meta), out)
     kept = "last student" if cfg.average is None else f"weight average, momentum {cfg.average}"
+    if cfg.whiten > 0:
+        kept += f", DP-whitened (noise {cfg.whiten_noise}, shrinkage {cfg.whiten})"
     console.print(f"wrote {out} (mode {mode}, {cfg.teacher_rounds} x {epochs} epochs, fixed schedule, {kept})")
