@@ -6,7 +6,9 @@ refuses one that has them. No model selection happens here: the schedule is
 fixed (``epochs``, run ``teacher_rounds`` times, each round's result the
 next round's teacher) and its end is returned (the moving average of the
 student's weights, ``average``), so neither the target test split nor
-target labels can leak into the result.
+target labels can leak into the result. Per-record mode then whitens both
+heads with the site's DP-released moments (``whiten``;
+`common.privacy.site_whitening`), a fixed step, not a selection.
 
 Variants (the ablation of benchmarks/ablation.py):
   gckd      momentum teacher + GMP refinement + CMKD (``use_gmp``, ``momentum`` < 1; per-record mode
