@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 
 import pytest
+from scipy.stats import norm
 from typer.testing import CliRunner
 
+from common.privacy.accounting import compute_epsilon
 from fedgckd.cli import app
 
 runner = CliRunner()
@@ -49,6 +53,26 @@ def test_evaluate_writes_metrics_json(pipeline):
     assert m["n_gallery"] == 8 and m["n_queries"] == 16  # tiny profile: 4 test ids x 2 images x 2 captions
 
 
+def exact_gaussian_epsilon(history, delta: float) -> float:
+    """Exact epsilon of composed unsubsampled Gaussian mechanisms (Dong, Roth and Su's mu-GDP; Balle and Wang's
+    analytic Gaussian): delta(eps) = Phi(-eps/mu + mu/2) - e^eps Phi(-eps/mu - mu/2), solved by bisection."""
+    assert all(q == 1.0 for _, q, _ in history)
+    mu = math.sqrt(sum(steps / sigma**2 for sigma, _, steps in history))
+    def d(eps):
+        return norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * norm.cdf(-eps / mu - mu / 2)
+    lo, hi = 0.0, 100.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if d(mid) > delta else (lo, mid)
+    return hi
+
+
+def test_exact_gaussian_epsilon_matches_a_known_value():
+    # one Gaussian release at sigma 1: epsilon 4.38 at delta 1e-5, as the PRV accountant (numerical) finds too
+    assert exact_gaussian_epsilon([(1.0, 1.0, 1)], 1e-5) == pytest.approx(
+        compute_epsilon([(1.0, 1.0, 1)], 1e-5, "prv").epsilon, rel=0.02)
+
+
 def test_adapt_per_record_runs_without_target_labels(pipeline):
     root, data, cache, ckpt = pipeline
     out = root / "student"
@@ -61,6 +85,11 @@ def test_adapt_per_record_runs_without_target_labels(pipeline):
     assert meta["adaptation"]["config"]["teacher_rounds"] == 4 and meta["adaptation"]["config"]["cmkd"]["kd_weight"] == 0.5
     assert sorted({e["round"] for e in meta["adaptation"]["epochs"]}) == [1, 2, 3, 4] and "4 x 1 epochs" in " ".join(r.output.split())
     assert "DP-whitened" in " ".join(r.output.split()) and meta["adaptation"]["privacy_history"][-1] == [5.0, 1.0, 3]
+    # the printed epsilon is the statistics' own: an RDP bound, so at least the exact epsilon of the composed
+    # Gaussian releases (every entry is unsubsampled, so they compose to one Gaussian of mu = sqrt(sum steps / sigma^2))
+    shown = re.search(r"released at epsilon ([0-9.]+), record-level, delta 1e-05, RDP", " ".join(r.output.split()))
+    exact = exact_gaussian_epsilon(meta["adaptation"]["privacy_history"], 1e-5)
+    assert shown and exact <= float(shown.group(1)) <= 1.25 * exact and "not a DP release" in " ".join(r.output.split())
 
 
 def test_adapt_average_one_keeps_the_last_student(pipeline, tmp_path):

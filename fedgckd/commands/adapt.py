@@ -60,3 +60,19 @@ def adapt(
     if cfg.whiten > 0:
         kept += f", DP-whitened (noise {cfg.whiten_noise}, shrinkage {cfg.whiten})"
     console.print(f"wrote {out} (mode {mode}, {cfg.teacher_rounds} x {epochs} epochs, fixed schedule, {kept})")
+    if log["privacy_history"]:
+        console.print(statistics_privacy_line(log["privacy_history"]))
+
+
+STATISTICS_DELTA = 1e-5  # as the federation's default: below 1 / records of a typical site
+
+
+def statistics_privacy_line(history: list) -> str:
+    """What the site statistics of a one-machine per-record run cost, and what they do not cover."""
+    from common.privacy.accounting import compute_epsilon
+
+    eps = compute_epsilon(history, STATISTICS_DELTA, "rdp").epsilon
+    return (f"site statistics (DP prototypes and whitening moments) released at epsilon {eps:.2f}, record-level, "
+            f"delta {STATISTICS_DELTA:g}, RDP accountant. This covers those releases only: one-machine adaptation reads "
+            "the target's records directly, so the checkpoint itself is not a DP release (for that, run the records "
+            "at their site: fedgckd simulate / fedgckd site with record-level DP).")
