@@ -1,6 +1,6 @@
 """What limits per-record GCKD: neighbour purity of each model, and per-record mode with noiseless statistics.
 
-    python benchmarks/per_record_limits.py [--pairs flat:outline flat:shaded] [--seeds 0 1]
+    python benchmarks/per_record_limits.py [--pairs flat:outline flat:shaded] [--seeds 0 1 2]
 
 Per pair and seed a teacher is pretrained on the source exactly as in
 `ablation.py`, then adapted to the target's unlabelled train split by
@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("data/embedded"))
     ap.add_argument("--backbone", default="minilm-effnet")
     ap.add_argument("--pairs", nargs="+", default=["flat:outline", "flat:shaded"])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=AdaptConfig.epochs)
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--name", default="per_record_limits", help="results file stem")

@@ -29,9 +29,11 @@ from common.atomic import atomic_write_bytes, read_json
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PAIRS, SEEDS = ("flat:outline", "flat:shaded"), (0, 1, 2)
-ORDER = ("direct_transfer", "ablation", "federated", "dp_emulation", "site_size", "scale", "dp_step", "eval_speed")
+ORDER = ("direct_transfer", "ablation", "per_record_limits", "federated", "dp_emulation", "site_size", "scale", "dp_step", "eval_speed")
 TITLES = {"direct_transfer": "Direct transfer (teacher of each domain on every domain)",
-          "ablation": "GCKD ablation (issue 3)", "federated": "Federated GCKD under each privacy mode (issue 4)",
+          "ablation": "GCKD ablation (issue 3)",
+          "per_record_limits": "What limits per-record GCKD: neighbour purity, exact statistics (issue 3, val split)",
+          "federated": "Federated GCKD under each privacy mode (issue 4)",
           "dp_emulation": "Emulated record-level DP federations: what limits them (issue 4)",
           "site_size": "Record-level DP against records per site (issue 4)",
           "scale": "Scale: sites, DP step, evaluation (issue 7)", "dp_step": "Record-level DP step vs non-DP step",
