@@ -1,0 +1,112 @@
+"""Group keys of `grouped` mode: a function of the record alone and of released data (docs/privacy.md, section 4).
+
+Group clipping keeps its sensitivity ``Delta = 2C`` only if adding or removing
+one record can change one group and no other. So a record's group must never
+depend on another private record: no chunking of a shuffled batch (where one
+record shifts every later record into another chunk), no comparison of
+private records with each other. Here a record's key is
+
+    key = nearest prototype * bins + sub-bin
+
+* **nearest prototype**: the largest cosine between the record's own teacher
+  view (its mean caption embedding by the current teacher: a function of the
+  record and of the teacher, which is public or post-processing of DP
+  releases) and the site's DP-released prototypes (or public anchors, which
+  stand in when no prototype has been released);
+* **sub-bin**: a keyed hash of the record's own content (its image features'
+  bytes) mixed with the step number, modulo a public number of bins. It
+  splits a prototype's cell into groups of about the target size and, since
+  it changes with the step, gives a record other group-mates at every step.
+
+The hash key needs no secrecy for the DP argument (the grouping is a function
+of the record alone whatever the key); it only has to be fixed for the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+_MASK63 = (1 << 63) - 1
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def record_uids(image_feats: torch.Tensor, key: bytes) -> torch.Tensor:
+    """[N] int64: a keyed BLAKE2b digest of each record's own image features (63 bits)."""
+    rows = image_feats.detach().to(torch.float32).contiguous().numpy()
+    out = [int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8, key=key).digest(), "little") & _MASK63 for r in rows]
+    return torch.tensor(out, dtype=torch.long)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser (Steele, Lea, Flood 2014): a bijective mixer of 64-bit words."""
+    with np.errstate(over="ignore"):
+        z = x + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def sub_bins(uids: torch.Tensor, step: int, bins: int) -> torch.Tensor:
+    """[B] the sub-bin of each record at this step: hash(uid, step) mod bins (a function of the record alone)."""
+    if bins < 1:
+        raise ValueError(f"bins must be at least 1, got {bins}")
+    u = uids.numpy().astype(np.uint64)
+    with np.errstate(over="ignore"):
+        mixed = _splitmix64(u ^ (np.uint64(step) * _GOLDEN))
+    return torch.from_numpy((mixed % np.uint64(bins)).astype(np.int64))
+
+
+def nearest_prototype(views: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """[B] index of the prototype with the largest cosine to each record's view (ties: the lower index)."""
+    if len(prototypes) == 0:
+        return torch.zeros(len(views), dtype=torch.long)
+    v = torch.nn.functional.normalize(views.double(), dim=-1)
+    p = torch.nn.functional.normalize(prototypes.double(), dim=-1)
+    return (v @ p.T).argmax(dim=1)
+
+
+def group_keys(views: torch.Tensor, prototypes: torch.Tensor, uids: torch.Tensor, step: int, bins: int) -> torch.Tensor:
+    """[B] each record's group key; records with equal keys form one group."""
+    return nearest_prototype(views, prototypes) * bins + sub_bins(uids, step, bins)
+
+
+def groups_of(keys: torch.Tensor) -> torch.Tensor:
+    """[B] contiguous group ids 0..G-1 in the order of the sorted keys (the ids carry no record order)."""
+    return torch.unique(keys, return_inverse=True)[1]
+
+
+def default_bins(expected_batch: float, prototypes: int, group_size: int) -> int:
+    """A public number of bins: the expected batch spread over every prototype cell in groups of ``group_size``."""
+    return max(1, round(expected_batch / (max(prototypes, 1) * max(group_size, 1))))
+
+
+@dataclass
+class GroupStats:
+    """Group sizes seen over a run (diagnostics for the operator: exact counts, not a DP release)."""
+
+    sizes: list[int]
+    groups_per_step: list[int]
+
+    @classmethod
+    def empty(cls) -> "GroupStats":
+        return cls([], [])
+
+    def add(self, group_ids: torch.Tensor) -> None:
+        counts = torch.bincount(group_ids) if len(group_ids) else torch.zeros(0, dtype=torch.long)
+        self.sizes.extend(int(c) for c in counts if c > 0)
+        self.groups_per_step.append(int((counts > 0).sum()))
+
+    def summary(self) -> dict:
+        s = np.asarray(self.sizes or [0])
+        g = np.asarray(self.groups_per_step or [0])
+        hist = np.bincount(s, minlength=1)
+        return {"group_size": {"mean": float(s.mean()), "min": int(s.min()), "p10": float(np.percentile(s, 10)),
+                               "median": float(np.median(s)), "p90": float(np.percentile(s, 90)), "max": int(s.max()),
+                               "share_singletons": float((s == 1).mean()),
+                               "histogram": {str(i): int(c) for i, c in enumerate(hist) if c}},
+                "groups_per_step": {"mean": float(g.mean()), "min": int(g.min()), "max": int(g.max())},
+                "steps": len(self.groups_per_step)}
