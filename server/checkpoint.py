@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
 from common.atomic import atomic_write_bytes
@@ -92,14 +92,23 @@ def save_checkpoint(out_dir: Path | str, ck: ServerCheckpoint) -> Path:
 
 
 def load_checkpoint(out_dir: Path | str) -> ServerCheckpoint:
+    """Read ``OUT/checkpoint.safetensors``; a file that is not one raises a ValueError naming it."""
     path = path_of(out_dir)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no server checkpoint to resume from (a run writes one after every round)")
-    with safe_open(str(path), framework="numpy") as f:
-        meta = json.loads((f.metadata() or {}).get("state-json", "{}"))
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: unsupported checkpoint format {meta.get('format')!r} (expected {FORMAT})")
-        arrays = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = json.loads((f.metadata() or {}).get("state-json", "{}"))
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+                raise ValueError(f"{path}: unsupported checkpoint format {got!r} (expected {FORMAT})")
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, json.JSONDecodeError, OSError) as ex:  # junk bytes, a torn copy, junk metadata
+        first = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
+        raise ValueError(f"{path}: not a readable server checkpoint ({first})") from None
+    missing = [k for k in ("round", "config", "run_key", "run_log") if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: server checkpoint metadata lacks {', '.join(missing)}")
     part = lambda prefix: {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}  # noqa: E731
     return ServerCheckpoint(round=int(meta["round"]), config=meta["config"], run_key=str(meta["run_key"]),
                             student=part("student."), teacher=part("teacher."), run_log=meta["run_log"],

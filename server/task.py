@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.checkpoint import Checkpoint, clone_heads, load_checkpoint, save_checkpoint
+from common.checkpoint import Checkpoint, clone_heads, load_checkpoint, save_checkpoint, source_data_dir
 from common.federation.config import FedConfig
 from common.federation.payload import pack_teacher
 from common.federation.trainable import get_arrays, load_arrays, size_report, trainable_for_mode
@@ -42,7 +42,7 @@ class ServerTask:
         cache = Path(cfg.cache_dir) if cfg.cache_dir else None
         feats = features or (lambda bb, d, dom, split, labels=True: domain_features(bb, d, dom, split, labels=labels, cache_dir=cache))
         # the source's data folder: the run's data dir if it holds the domain, else where the teacher was trained
-        src_data = cfg.data_dir if cfg.source or (Path(cfg.data_dir) / source).is_dir() else src.get("data", cfg.data_dir)
+        src_data = cfg.data_dir if cfg.source or (Path(cfg.data_dir) / source).is_dir() else source_data_dir(cfg.teacher, src)
         src_fs = feats(self.backbone, src_data, source, "train")
         self.bank = PublicBank.from_source(src_fs, cfg.anchors, seed=cfg.seed)
         self.val = feats(self.backbone, cfg.data_dir, cfg.target, "val") if cfg.server_eval else None

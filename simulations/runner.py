@@ -13,6 +13,18 @@ to the apps, so the apps are built with the run's settings as overrides.
 Flower turns a failed ServerApp into a log line, so success is judged from
 the files the run must leave (metrics.json with every round, the model).
 
+Why `run_simulation`, which Flower 1.42 logs as deprecated in favour of `flwr
+run`: it runs the ServerApp in this process, so the CLI's per-round progress
+callback and the run's settings reach it as Python objects, and it needs no
+SuperLink process (2-3 s and ~350 MiB less per run). The supported way runs
+the same apps too: deployment submits them with `flwr run` (`fedgckd server
+run`, tests/test_deploy_e2e.py), and the README shows `flwr run` against a
+simulation SuperLink. The deprecation notice is therefore dropped here,
+knowingly and only that one record (`_DropRunSimulationNotice`); if a later
+Flower removes `run_simulation`, the pin `flwr<1.43` in pyproject.toml keeps
+this working until the runner moves. Flower's console log is uncoloured when
+stderr is not a terminal, so logs hold no raw ANSI codes.
+
 `resume_config` reads a run folder's server checkpoint back into the run's
 config with ``resume=true``: `simulate` then continues after the last
 completed round (`fedgckd simulate --resume RUN_DIR`).
@@ -20,7 +32,9 @@ completed round (`fedgckd simulate --resume RUN_DIR`).
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -43,6 +57,24 @@ class SimulationFailed(RuntimeError):
     pass
 
 
+class _DropRunSimulationNotice(logging.Filter):
+    """Drops Flower's "`run_simulation` function is deprecated" record (see the module docstring), nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`run_simulation` function is deprecated" not in record.getMessage()
+
+
+def quiet_flower_log(verbose: bool) -> None:
+    """Flower's console log: INFO or WARNING, coloured only on a terminal, without the notice above."""
+    from flwr.common.logger import update_console_handler
+
+    flwr_log = logging.getLogger("flwr")
+    flwr_log.propagate = False  # one copy of each line (Ray adds a root handler)
+    if not any(isinstance(f, _DropRunSimulationNotice) for f in flwr_log.filters):
+        flwr_log.addFilter(_DropRunSimulationNotice())
+    update_console_handler(level="INFO" if verbose else "WARNING", colored=sys.stderr.isatty())
+
+
 def resume_config(run_dir: Path | str, **changes) -> FedConfig:
     """The config of the run in `run_dir` (from its server checkpoint), set to resume; `changes` may set the
     operational keys (e.g. site-wait)."""
@@ -61,7 +93,7 @@ def resume_config(run_dir: Path | str, **changes) -> FedConfig:
 
 def prepare(cfg: FedConfig, progress: Callable[[str], Callable] | None = None) -> dict:
     """Fill the feature cache and write `<out-dir>/sites.json`; returns that summary."""
-    from common.checkpoint import load_checkpoint
+    from common.checkpoint import load_checkpoint, source_data_dir
     from common.models.backbones import build_backbone
     from common.pipeline import domain_features
 
@@ -70,7 +102,8 @@ def prepare(cfg: FedConfig, progress: Callable[[str], Callable] | None = None) -
     bb = build_backbone(cfg.backbone or ckpt.backbone)
     load_checkpoint(cfg.teacher, expect_fingerprint=bb.fingerprint())
     source = cfg.source or ckpt.meta.get("source", {}).get("domain")
-    src_data = cfg.data_dir if cfg.source or (Path(cfg.data_dir) / str(source)).is_dir() else ckpt.meta["source"]["data"]
+    src_data = cfg.data_dir if cfg.source or (Path(cfg.data_dir) / str(source)).is_dir() else \
+        source_data_dir(cfg.teacher, ckpt.meta.get("source", {}))
     cache = Path(cfg.cache_dir) if cfg.cache_dir else None
     jobs = [(src_data, source, "train"), (cfg.data_dir, cfg.target, "train")]
     if cfg.server_eval:
@@ -124,13 +157,9 @@ def simulate(cfg: FedConfig, on_round: Progress | None = None, num_cpus: int | N
 
     verbose=False: Flower's console log at WARNING, and the sites' (Ray actors') output not forwarded.
     """
-    import logging
-
-    from flwr.common.logger import update_console_handler
     from flwr.simulation import run_simulation
 
-    logging.getLogger("flwr").propagate = False  # one copy of each line (Ray adds a root handler)
-    update_console_handler(level="INFO" if verbose else "WARNING")
+    quiet_flower_log(verbose)
 
     from client.app import build_app as build_client
     from server.app import build_app as build_server

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 from common.atomic import read_json
 from common.privacy.accounting import PRV_EPS_ERROR, merge_history
@@ -134,12 +135,20 @@ def _empirical(run: RunRecord, empirical: dict | None, accounts: list[dict], rc:
     return out
 
 
-def build_audit(run_dir: str | Path, empirical: dict | None = None, max_prv: int = MAX_PRV) -> dict:
-    """The audit of RUN_DIR as a JSON-ready dict (see ``schema.py`` for every field)."""
+def build_audit(run_dir: str | Path, empirical: dict | None = None, max_prv: int = MAX_PRV,
+                progress: Callable[[int, int, dict | None], None] | None = None) -> dict:
+    """The audit of RUN_DIR as a JSON-ready dict (see ``schema.py`` for every field); ``progress(done, total,
+    None)`` after each ledger account is recomputed (the slow part: PRV takes 1-3 s per history)."""
     run = read_run(run_dir)
     rc = Recomputer(max_prv)
     flags: list = []
-    accounts = [_account_summary(a, recompute_account(a, rc, flags), rc) for a in run.accounts]
+    accounts = []
+    for i, a in enumerate(run.accounts):
+        if progress:
+            progress(i, len(run.accounts), None)
+        accounts.append(_account_summary(a, recompute_account(a, rc, flags), rc))
+    if progress:
+        progress(len(run.accounts), len(run.accounts), None)
     privacy = _privacy(run)
     sites = [_verdict(s, accounts, run, privacy) for s in run.sites]
     metrics = run.metrics or {}

@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
 def adapt(
     teacher: Path = typer.Option(..., "--teacher", help="Source-pretrained checkpoint (from `fedgckd pretrain`)."),
     data: Path = typer.Option(..., "--data", help="Data folder holding one subfolder per domain/dataset."),
+    source_data: Path = typer.Option(None, "--source-data", help="Folder holding the teacher's source domain (its public anchor bank). Default: the folder recorded in the teacher checkpoint (found relative to the checkpoint), else --data if it holds that domain."),
     target: str = typer.Option(..., "--target", help="Target domain; only its train split's images and captions are read, never its identities."),
     out: Path = typer.Option(..., "--out", help="Checkpoint folder to write."),
     mode: str = typer.Option("full", "--mode", help="full (graph and negatives across target records) or per-record (each record's loss depends on that record and public data only: first the image head learns the teacher's captions, then the text head learns the adapted images)."),
@@ -30,7 +31,7 @@ def adapt(
     cache: Path = typer.Option(None, "--cache", help=CACHE_HELP),
 ) -> None:
     """Adapt with GMP graph propagation and CMKD momentum distillation."""
-    from common.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from common.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, source_data_dir
     from common.models.backbones import build_backbone
     from common.train.adapt import AdaptConfig, adapt as run, resolved
     from common.train.site_context import PublicBank
@@ -46,7 +47,8 @@ def adapt(
         src = ckpt.meta.get("source", {})
         if not src.get("domain"):
             raise ValueError(f"{teacher}: checkpoint does not record its source domain (needed for the public anchor bank)")
-        src_fs = features(bb, Path(src.get("data", data)), src["domain"], "train", cache)
+        src_dir = source_data_dir(teacher, src, data=data, override=source_data)
+        src_fs = features(bb, src_dir, src["domain"], "train", cache)
         tgt_fs = features(bb, data, target, "train", cache, labels=False)
         cfg = AdaptConfig(mode=mode_key, epochs=epochs, teacher_rounds=teacher_rounds, seed=seed,
                           average=None if average >= 1.0 else average, whiten=whiten)

@@ -8,7 +8,9 @@ import typer
 from rich.table import Table
 
 from fedgckd.commands.common_options import CACHE_HELP, user_errors
-from fedgckd.progress import console
+from fedgckd.progress import console, progress_bar
+
+AUDIT_BAR = "privacy audit (RDP + PRV)"
 
 
 def register(app: typer.Typer) -> None:
@@ -47,7 +49,8 @@ def write_run_audit(run_dir: Path) -> None:
         return
     try:
         record_run_provenance(run_dir)
-        report, json_path, html_path = write_audit(run_dir)
+        with progress_bar(AUDIT_BAR) as bar:
+            report, json_path, html_path = write_audit(run_dir, progress=bar)
     except Exception as ex:  # the run's own files are written; say loudly that its report is not
         console.print(f"[bold red]privacy audit failed:[/] {type(ex).__name__}: {ex}")
         raise typer.Exit(1) from None
@@ -69,7 +72,8 @@ def audit(
     try:
         with user_errors():
             emp = read_json(empirical) if empirical else None
-            report, json_path, html_path = write_audit(run_dir, out, emp, max_prv)
+            with progress_bar(AUDIT_BAR) as bar:
+                report, json_path, html_path = write_audit(run_dir, out, emp, max_prv, progress=bar)
     except RunDirError as ex:
         console.print(f"[bold red]error:[/] {ex}")
         raise typer.Exit(2) from None

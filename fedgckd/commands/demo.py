@@ -22,6 +22,18 @@ def _cli(*args) -> None:
         raise typer.Exit(1)
 
 
+def tiny_caveat() -> str:
+    """One line: on the tiny profile every figure above is noise; where the real ones are."""
+    from common.data.synth import PROFILES
+
+    tiny = PROFILES["tiny"]
+    val_ids = tiny.identities[1]
+    queries = val_ids * tiny.images_per_identity * 2  # two captions per image, each a query
+    return (f"[yellow]caveat:[/] the tiny profile has {val_ids} val identities ({queries} queries: one query moves R1 "
+            f"by {100 / queries:.2f}), so these metrics are noise, not results; the benchmark tables are in README.md "
+            "(Results) and benchmarks/results/")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(demo)
 
@@ -51,9 +63,11 @@ def demo(
         evaluate(model=teacher, data=data, target=d, split="val", json_out=out / "eval" / f"teacher_{d}.json", cache=cache)
     console.rule(f"4. adapt to {target} with GCKD (no target labels read)")
     student = out / "student_full"
-    adapt(teacher=teacher, data=data, target=target, out=student, mode="full", epochs=4, teacher_rounds=2, average=0.99, whiten=None,
+    adapt(teacher=teacher, data=data, source_data=None, target=target, out=student, mode="full", epochs=4, teacher_rounds=2, average=0.99, whiten=None,
           anchors=512, seed=seed, cache=cache)
     evaluate(model=student, data=data, target=target, split="val", json_out=out / "eval" / f"student_{target}.json", cache=cache)
+    if profile == "tiny":
+        console.print(tiny_caveat())
     console.rule(f"5. federated GCKD: 3 sites of {target}, record-level DP-SGD (epsilon 8 per site)")
     run_dir = out / "federated"
     _cli("simulate", "--data", data, "--teacher", teacher, "--target", target, "--sites", "3", "--rounds", "2",

@@ -73,20 +73,22 @@ def simulate(
             if not sep:
                 raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
             base[key.strip()] = value.strip()
+        done = 0
         if resume is not None:  # the run's own config; only operational keys may be --set
             cfg = resume_config(resume, **base)
             out = Path(cfg.out_dir)
+            done = _resume_note(resume, cfg.rounds)
         else:
             cfg = FedConfig.from_run_config(base, **{k: v for k, v in given.items() if v is not None}).validate()
-        with console.status("preparing features and sites"):
-            info = prepare(cfg, progress=progress_bar)
+        console.print("preparing features and sites")  # each feature extraction shows its own bar
+        info = prepare(cfg, progress=progress_bar)
         console.print("sites: " + ", ".join(f"{s['site']}: {s['records']} records" for s in info["sites"]))
         if "record_level_noise" in info:
-            _noise_note(info["record_level_noise"], cfg.train_params)
+            _noise_note(info["record_level_noise"], cfg.train_params, cfg.rounds * cfg.local_steps)
             logging.getLogger("fedgckd.site").setLevel(logging.ERROR)  # the same note, per site: said once above
         try:
             with progress_bar(f"federation ({cfg.privacy}, {cfg.mode})") as bar:
-                bar(0, cfg.rounds)
+                bar(done, cfg.rounds)
                 result = run(cfg, on_round=lambda r, n, i: bar(r, n, i), num_cpus=cpus, verbose=verbose)
         except SimulationFailed as ex:
             console.print(f"[bold red]simulation failed:[/] {ex}")
@@ -96,15 +98,39 @@ def simulate(
     write_run_audit(out)
 
 
-def _noise_note(noise: dict, train_params: str) -> None:
+def _resume_note(run_dir: Path, rounds: int) -> int:
+    """Say which round a resumed run continues from; returns the last completed round."""
+    from server.checkpoint import load_checkpoint, path_of
+
+    done = load_checkpoint(run_dir).round
+    console.print(f"resuming {run_dir}: rounds 1-{done} of {rounds} are done (checkpoint {path_of(run_dir)}); "
+                  f"continuing with round {done + 1}" if done < rounds else
+                  f"resuming {run_dir}: all {rounds} rounds are done (checkpoint {path_of(run_dir)}); "
+                  "rewriting the model, metrics and audit")
+    return done
+
+
+def _noise_note(noise: dict, train_params: str, steps: int) -> None:
+    """Before training: how loud each site's DP-SGD noise is against its largest possible signal.
+
+    Per step the ratio is ``noise_to_clip``. Over a run the clipped signal adds up linearly in the steps and the
+    independent noise as their square root, so a site that takes every one of ``steps`` steps ends with noise
+    ``noise_to_clip / sqrt(steps)`` times its largest possible summed signal. Only when even that exceeds 1
+    (at the site with the most records per step) is "training will mostly follow noise" certain, and said.
+    """
+    import math
+
     lo, hi = min(noise["noise_to_clip"]), max(noise["noise_to_clip"])
     b_lo, b_hi = min(noise["records_per_step"]), max(noise["records_per_step"])
+    run_lo = lo / math.sqrt(max(steps, 1))
     line = (f"record-level DP-SGD: noise multiplier {noise['dp_sgd_noise_multiplier']:.3g} on "
             f"{noise['trained_numbers']:,} trained numbers at {b_lo}-{b_hi} records per step: the noise on a step's "
-            f"mean gradient is {lo:.3g}-{hi:.3g} times the largest possible mean clipped gradient")
-    if lo > 1:
-        console.print(f"[yellow]{line}; training will mostly follow noise. More records per site, fewer trained "
-                      "numbers (train-params) or a larger epsilon help.[/]")
+            f"mean gradient is {lo:.3g}-{hi:.3g} times the largest possible mean clipped gradient, "
+            f"{run_lo:.3g}-{hi / math.sqrt(max(steps, 1)):.3g} times over the run's {steps} steps")
+    if run_lo > 1:
+        console.print(f"[yellow]{line}; even summed over the run the noise outweighs the largest possible signal, so "
+                      "training will mostly follow noise. More records per site, fewer trained numbers "
+                      "(train-params) or a larger epsilon help.[/]")
     else:
         console.print(line)
     from common.federation.trainable import train_params_advice
@@ -112,6 +138,20 @@ def _noise_note(noise: dict, train_params: str) -> None:
     advice = train_params_advice(train_params, noise["records_per_step"])
     if advice:
         console.print(f"[cyan]hint:[/] {advice}")
+
+
+def update_size_line(result: dict) -> str:
+    """One figure per update: the bytes a site sent, as measured on the wire by the server (the array payloads
+    Flower carries: the numbers plus a small header per array), and what part of that is numbers."""
+    sizes = result["model_bytes"]
+    numbers, full = sizes["update_bytes"], sizes["full_model_bytes"]
+    sent = sorted({b for r in result["rounds"] for b in r.get("bytes_from_site", {}).values()})
+    if not sent:
+        return (f"update: {numbers:,} B of numbers = {100 * numbers / full:.2f}% of the full model "
+                f"({full:,} B incl. frozen trunks); no site sent one")
+    shown = f"{sent[0]:,} B" if len(sent) == 1 else f"{sent[0]:,}-{sent[-1]:,} B"
+    return (f"update: {shown} sent per site per round = {100 * sent[-1] / full:.2f}% of the full model "
+            f"({full:,} B incl. frozen trunks); of it {numbers:,} B are the trained numbers, the rest array headers")
 
 
 def _report(result: dict, out: Path) -> None:
@@ -122,9 +162,7 @@ def _report(result: dict, out: Path) -> None:
                       str(len(r["trained"])), ", ".join(r["refused"]) or "-", ", ".join(r["rejected"]) or "-",
                       ", ".join(r["errors"]) or "-", ", ".join(map(str, up)) or "-")
     console.print(table)
-    sizes = result["model_bytes"]
-    console.print(f"update {sizes['update_bytes']:,} B = {100 * sizes['update_fraction_of_full_model']:.2f}% "
-                  f"of the full model ({sizes['full_model_bytes']:,} B incl. frozen trunks)")
+    console.print(update_size_line(result))
     from common.atomic import read_json
 
     eps = read_json(out / "ledger.json").get("final_epsilon", {})

@@ -39,7 +39,7 @@ def pretrain(
     """Train the teacher on the labelled source domain (SDM + identity loss), selected on source val."""
     import torch
 
-    from common.checkpoint import Checkpoint, save_checkpoint
+    from common.checkpoint import Checkpoint, save_checkpoint, source_meta
     from common.models.backbones import build_backbone
     from common.models.heads import HeadConfig
     from common.train.pretrain import PretrainConfig, pretrain as run
@@ -52,10 +52,27 @@ def pretrain(
         cfg = PretrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
         with progress_bar("pretrain") as bar:
             heads, history = run(train_fs, val_fs, HeadConfig(), cfg, progress=bar)
-        meta = {"role": "teacher", "source": {"data": str(data), "domain": source}, "training": history}
+        meta = {"role": "teacher", "source": source_meta(data, source, out), "training": history}
         save_checkpoint(Checkpoint(heads, bb.name, bb.fingerprint(), heads.cfg, bb.text_dim, bb.image_dim, seed, meta), out)
+    stopped = early_stop_line(history, epochs)
+    if stopped:
+        console.print(stopped)
     sel = history["selected"]
     console.print(f"wrote {out}: epoch {sel['epoch']} selected on source val (R1 {sel['R1']:.2f}, mAP {sel['mAP']:.2f})")
+
+
+def early_stop_line(history: dict, epochs: int) -> str | None:
+    """Why pretraining ran fewer epochs than asked (the progress bar stops short), from its returned history."""
+    ran = len(history.get("epochs", []))
+    if ran >= epochs:
+        return None
+    patience = history.get("config", {}).get("patience")
+    best = history.get("selected", {}).get("epoch")
+    if patience and best is not None and ran - best >= patience:
+        why = f"no source-val R1 gain for {ran - best} epochs since epoch {best} (patience {patience})"
+    else:
+        why = "the trainer ended it (see the checkpoint's meta.training)"
+    return f"stopped early after epoch {ran} of {epochs}: {why}"
 
 
 def evaluate(
