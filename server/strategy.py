@@ -60,7 +60,10 @@ def nbytes(record: ArrayRecord) -> int:
 class FedGCKD(FedAvg):
     def __init__(self, task: ServerTask, run_log: RunLog, cfg: FedConfig, site_noise: float = 0.0,
                  site_rate: float = 1.0, timeout: float = 3600):
-        super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=cfg.sites)
+        super().__init__(fraction_train=1.0, min_train_nodes=1, min_available_nodes=cfg.sites)
+        # No federated evaluation: the server scores each round on target val itself. Set after construction,
+        # because FedAvg warns "fraction_evaluate is set to 0.0" on every run when it is passed in.
+        self.fraction_evaluate, self.min_evaluate_nodes = 0.0, 0
         self.task, self.log, self.cfg = task, run_log, cfg
         self.site_noise, self.site_rate, self.timeout = site_noise, site_rate, timeout
         # Which sites a round samples must be unpredictable for the amplification by sampling to hold.
