@@ -15,11 +15,15 @@ Variants (the ablation of benchmarks/ablation.py):
             keeps the text head and the teacher fixed); the result is the student's weight average (``average``)
   cmkd_only momentum teacher, no GMP (``use_gmp=False``)
   gmp_only  GMP-refined targets from the frozen source teacher (``momentum=1``, one round)
+
+``grouped`` mode (`common.train.grouped_adapt`) is full GCKD restricted to small groups of a Poisson-sampled batch,
+trained by group clipping: with ``cfg.grouped.noise_multiplier`` > 0 the whole run is a record-level DP release.
 """
 
 from __future__ import annotations
 
 import copy
+import secrets
 from dataclasses import asdict
 from typing import Callable
 
@@ -34,6 +38,7 @@ from common.models.heads import DualHeads
 from common.privacy.site_whitening import whiten_heads
 from common.train.adapt_config import AdaptConfig, resolved  # noqa: F401 (re-exported: callers import them from here)
 from common.train.embed import embed_featureset
+from common.train.grouped_adapt import adapt_grouped
 from common.train.graph_batches import graph_batch, mutual_neighbours, neighbour_groups, record_view
 from common.train.site_context import PublicBank, SiteContext, build_site_context
 
@@ -109,6 +114,15 @@ def adapt(
         raise ValueError(f"teacher_rounds must be at least 1, got {rounds}")
     if cfg.whiten > 0 and steps is not None:
         raise ValueError("whitening ends a whole schedule: a federated local round (steps=...) must run with whiten=0")
+    if cfg.mode == "grouped":
+        if student is not None or steps is not None:
+            raise ValueError("grouped mode runs whole schedules on one machine (no student= or steps=)")
+        # under DP the sampling and the noise must be unpredictable; without noise the run is reproducible
+        gen = torch.Generator().manual_seed(secrets.randbits(63) if cfg.grouped.noise_multiplier > 0 else cfg.seed)
+        torch.manual_seed(cfg.seed)
+        student, log = adapt_grouped(teacher_heads, target, bank, cfg, gen, progress)
+        log = {"config": asdict(cfg), **log}
+        return _whitened(student, target, bank, cfg, log)
     logs: list[dict] = []
     teacher = teacher_heads
     for r in range(rounds):
@@ -129,6 +143,11 @@ def adapt(
         "selection": logs[0]["selection"],
         "privacy_history": [h for log in logs for h in log["privacy_history"]],
     }
+    return _whitened(student, target, bank, cfg, log)
+
+
+def _whitened(student: DualHeads, target: FeatureSet, bank: PublicBank, cfg: AdaptConfig, log: dict) -> tuple[DualHeads, dict]:
+    """The schedule's end: the DP whitening folded into both heads when ``cfg.whiten`` > 0 (accounted)."""
     if cfg.whiten > 0:
         student, history = whiten_heads(student, target, bank.image_feats, bank.text_feats, cfg.whiten_noise, cfg.whiten,
                                         torch.Generator().manual_seed(cfg.seed))

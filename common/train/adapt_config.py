@@ -7,11 +7,12 @@ from dataclasses import dataclass, field, replace
 
 from common.graph.gmp import GMPConfig
 from common.losses.cmkd import CMKDConfig
+from common.train.grouped_config import GroupedConfig
 
 
 @dataclass
 class AdaptConfig:
-    mode: str = "full"  # "full" or "per_record" (DESIGN.md section 4)
+    mode: str = "full"  # "full", "per_record" or "grouped" (docs/privacy.md section 4)
     epochs: int = 20  # fixed schedule: no selection on target data
     batch_size: int = 64  # records per step
     lr: float = 1e-3  # as in pretraining; 3e-4 left every variant under-trained on the dev pair
@@ -61,6 +62,7 @@ class AdaptConfig:
     # not the longer training: one per-record round of 40 epochs gave 38.8 / 14.2. Per-record with averaging, public
     # text negatives and kd_weight 0.5, R1 mean of seeds 0 and 1 for 2 / 3 / 4 / 5 / 6 rounds: flat->outline 46.7 /
     # 45.9 / 44.7 / 44.5 / 43.7, flat->shaded 25.1 / 26.4 / 29.0 / 29.2 / 28.6; 4 has the best sum (5 the same, slower)
+    grouped: GroupedConfig = field(default_factory=GroupedConfig)  # grouped mode: sampling, keys, group clipping
     average: float | None = 0.99  # the result is an exponential moving average of the student's weights with this
     # momentum per step (Polyak averaging; mean-teacher methods such as MMT keep their averaged network), and each
     # round after the first starts from it and takes it as teacher; None keeps the last student. With full mode's
@@ -73,8 +75,8 @@ class AdaptConfig:
 
 def resolved(cfg: AdaptConfig) -> AdaptConfig:
     """The config with its mode-dependent defaults (None) filled in, as the run uses and logs it."""
-    if cfg.mode not in ("full", "per_record"):
-        raise ValueError(f"mode must be 'full' or 'per_record', got {cfg.mode!r}")
+    if cfg.mode not in ("full", "per_record", "grouped"):
+        raise ValueError(f"mode must be 'full', 'per_record' or 'grouped', got {cfg.mode!r}")
     per_record = cfg.mode == "per_record"
     return replace(
         cfg,

@@ -1,0 +1,148 @@
+"""The `grouped` adaptation schedule: full GCKD inside small groups, under group clipping.
+
+Per teacher round:
+
+1. **Prototypes.** The round's teacher embeds every record's captions; each
+   record's mean caption embedding (unit norm: one record moves one cluster's
+   sum by at most 1) goes into DP k-means (`common.privacy.site_prototypes`),
+   started from public anchors. The release is accounted. No prototypes
+   (``prototypes=0``) leaves the sub-bin alone as the key.
+2. **Steps.** Each step samples every record independently with rate q
+   (Poisson); each sampled record's key is its nearest prototype (by the
+   round's teacher view of the record alone) and its keyed-hash sub-bin
+   (`common.train.grouped_keys`). The momentum teacher embeds each group's
+   members, GMP refines them inside the group with the public anchors and
+   prototypes (`common.graph.grouped_gmp`), and the student learns the
+   group-restricted GCKD loss (`common.losses.grouped_loss`) by group
+   clipping (`common.train.grouped_dp`). The momentum teacher and the
+   weight average follow the student: post-processing of released steps.
+3. The round's result (the weight average) is the next round's teacher.
+
+Everything the run reads besides the sampled records is public (the source
+anchor bank, the starting teacher) or released under DP and accounted (the
+prototypes, every step's noisy gradient and what is computed from them).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from common.federation.trainable import set_trainable, trainable_names
+from common.graph.grouped_gmp import propagate_groups
+from common.losses.grouped_loss import GroupLoss, GroupPack, group_targets
+from common.models.feature_cache import FeatureSet
+from common.models.heads import DualHeads
+from common.privacy.accounting import merge_history
+from common.privacy.site_prototypes import dp_kmeans
+from common.train.embed import embed_featureset
+from common.train.grouped_config import GroupedConfig, normaliser, sample_rate
+from common.train.grouped_dp import GroupClippedSGD
+from common.train.grouped_keys import GroupStats, default_bins, group_keys, groups_of, record_uids
+from common.train.site_context import PublicBank
+
+NO_TARGET_PROTOTYPE_NOISE = 4.0  # GroupedConfig.prototype_noise when no target epsilon set it
+
+
+def _ema(average: DualHeads, student: DualHeads, m: float) -> None:
+    with torch.no_grad():
+        for a, s in zip(average.parameters(), student.parameters()):
+            a.lerp_(s.detach(), 1.0 - m)
+
+
+@torch.no_grad()
+def record_views(teacher: DualHeads, target: FeatureSet) -> torch.Tensor:
+    """[N, D] each record's mean caption embedding by ``teacher``, unit norm: a function of the record alone."""
+    text, image = embed_featureset(teacher, target)
+    return F.normalize(torch.zeros_like(image).index_add(0, target.text_to_image, text), dim=-1)
+
+
+def release_prototypes(views: torch.Tensor, anchors: torch.Tensor, g: GroupedConfig, gen: torch.Generator) -> tuple[torch.Tensor, list]:
+    """DP k-means prototypes of the record views, started from public anchors; (prototypes, accountant entries)."""
+    k = min(g.prototypes, len(anchors))
+    if k <= 0:
+        return views[:0], []
+    noise = NO_TARGET_PROTOTYPE_NOISE if g.prototype_noise is None else g.prototype_noise
+    init = anchors[torch.randperm(len(anchors), generator=gen)[:k]]
+    release = dp_kmeans(views, k, g.prototype_iters, noise, init, gen)
+    return release.prototypes, release.history
+
+
+def _optimizer(g: GroupedConfig, params: list) -> torch.optim.Optimizer:
+    if g.optimizer == "adam":
+        return torch.optim.Adam(params, lr=g.lr)
+    if g.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=g.lr, momentum=0.9)
+    raise ValueError(f"optimizer must be 'adam' or 'sgd', got {g.optimizer!r}")
+
+
+def adapt_grouped(teacher_heads: DualHeads, target: FeatureSet, bank: PublicBank, cfg, generator: torch.Generator,
+                  progress: Callable[[int, int, dict], None] | None = None) -> tuple[DualHeads, dict]:
+    """Returns (adapted heads, log); ``cfg`` is a resolved `AdaptConfig` with ``mode="grouped"``."""
+    g: GroupedConfig = cfg.grouped
+    n = target.n_images
+    q, norm = sample_rate(g, n), normaliser(g, n)
+    bins = g.bins if g.bins is not None else default_bins(q * n, g.prototypes, g.group_size)
+    uids = record_uids(target.image_feats, f"fedgckd-grouped-{cfg.seed}".encode())
+    caps_of: list[list[int]] = [[] for _ in range(n)]
+    for t, r in enumerate(target.text_to_image.tolist()):
+        caps_of[r].append(t)
+    stats, history, epochs = GroupStats.empty(), [], []
+    total = cfg.teacher_rounds * g.steps
+    teacher = teacher_heads
+    step_no = 0
+    for rnd in range(cfg.teacher_rounds):
+        teacher = copy.deepcopy(teacher).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        a_img, a_txt = bank.embed(teacher)
+        views = record_views(teacher, target)
+        protos, entries = release_prototypes(views, a_txt, g, generator)
+        history = merge_history(history, entries)
+        student = copy.deepcopy(teacher).train()
+        set_trainable(student, trainable_names(student, g.train_params))
+        momentum_teacher = copy.deepcopy(teacher)
+        average = copy.deepcopy(student).eval() if cfg.average is not None else None
+        opt = _optimizer(g, [p for p in student.parameters() if p.requires_grad])
+        sgd = GroupClippedSGD(student, opt, g.clip_norm, g.noise_multiplier, norm, generator, g.clipping)
+        losses = []
+        for s in range(g.steps):
+            if s % cfg.refresh_steps == 0 and s:
+                a_img, a_txt = bank.embed(momentum_teacher)  # public anchors follow the momentum teacher
+            recs = (torch.rand(n, generator=generator) < q).nonzero().squeeze(1)
+            if len(recs) == 0:
+                sgd.step(None, None, None)
+                stats.add(recs)
+            else:
+                gid = groups_of(group_keys(views[recs], protos, uids[recs], step_no, bins))
+                stats.add(gid)
+                pack = GroupPack.build(target.image_feats, target.text_feats, caps_of, recs, gid)
+                with torch.no_grad():
+                    t_img, t_txt = momentum_teacher.image(pack.img), momentum_teacher.text(pack.txt)
+                    public = torch.cat([a_img, a_txt, protos]) if cfg.use_gmp else None
+                    if cfg.use_gmp:
+                        t_img, t_txt = propagate_groups(t_img, pack.mi, t_txt, pack.mt, pack.slot, public, cfg.gmp)
+                crit = GroupLoss(a_img, a_txt, cfg.cmkd, teacher.cfg.out_dim, g.neighbours, g.pseudo_positives)
+                losses.append(sgd.step(pack, group_targets(t_img * pack.mi[..., None], t_txt * pack.mt[..., None], pack.slot), crit))
+            if cfg.momentum < 1.0:
+                _ema(momentum_teacher, student, cfg.momentum)
+            if average is not None:
+                _ema(average, student, cfg.average)
+            step_no += 1
+            if progress and (step_no % 10 == 0 or step_no == total):
+                progress(step_no, total, {"round": rnd + 1, "loss": losses[-1] if losses else float("nan")})
+        sgd.close()
+        history = merge_history(history, [(g.noise_multiplier, q, g.steps)])
+        epochs.append({"round": rnd + 1, "loss": sum(losses) / max(len(losses), 1)})
+        teacher = student if average is None else average
+        for p in teacher.parameters():
+            p.requires_grad_(True)
+    what = "the last student" if cfg.average is None else f"the moving average (momentum {cfg.average}) of the student's weights"
+    log = {"epochs": epochs, "selection": f"fixed schedule, {what}; no target labels read", "privacy_history": history,
+           "grouped": {"sample_rate": q, "normaliser": norm, "bins": bins, "prototypes": int(len(protos)),
+                       "clip_norm": g.clip_norm, "sensitivity": 2 * g.clip_norm, "noise_multiplier": g.noise_multiplier,
+                       "clipping": sgd.path, "diagnostics": stats.summary()}}
+    return teacher.eval(), log
