@@ -14,8 +14,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from common.atomic import atomic_write_bytes, atomic_write_json  # noqa: E402
+from common.atomic import atomic_write_bytes, atomic_write_json, read_json  # noqa: E402
 from common.data.synth import synthesize  # noqa: E402
+from common.data.synth.generate import GENERATOR  # noqa: E402
 from common.pipeline import domain_features  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -38,8 +39,48 @@ def machine() -> dict:
     }
 
 
+class BenchmarkDataError(ValueError):
+    """A --data folder a benchmark must not use (or write into); the message names it."""
+
+
+def data_plan(data: Path, profile: str = "default") -> str:
+    """"use" (a generated benchmark of this profile is there) or "generate" (the folder is new or empty).
+
+    A benchmark never writes into a folder that already holds anything else (a user's dataset, a half-written
+    download): that raises `BenchmarkDataError`, as does a generated benchmark of another profile.
+    """
+    data = Path(data)
+    manifest = data / "manifest.json"
+    if manifest.is_file():
+        try:
+            info = read_json(manifest)
+        except (ValueError, UnicodeDecodeError) as ex:
+            raise BenchmarkDataError(f"{manifest}: not readable JSON ({ex})") from None
+        if not isinstance(info, dict) or info.get("generator") != GENERATOR:
+            raise BenchmarkDataError(f"{manifest}: not written by `fedgckd data synth` (generator "
+                                     f"{info.get('generator') if isinstance(info, dict) else None!r}); the benchmarks "
+                                     "run on the embedded benchmark only")
+        if info.get("profile") != profile:
+            raise BenchmarkDataError(f"{data}: holds the {info.get('profile')!r} profile of the embedded benchmark, "
+                                     f"this benchmark needs {profile!r}; pass another --data folder")
+        return "use"
+    if data.exists() and (not data.is_dir() or any(data.iterdir())):
+        raise BenchmarkDataError(f"{data}: exists and holds other files but no manifest.json of the embedded "
+                                 "benchmark; a benchmark generates its data only into a new or empty folder and never "
+                                 f"writes into one that holds anything else. Pass a new folder (or leave --data out: "
+                                 f"data/embedded); if {data} is an interrupted generation, delete it and rerun")
+    return "generate"
+
+
 def ensure_data(data: Path, profile: str = "default", seed: int = 0) -> Path:
-    if not (data / "manifest.json").exists():
+    """The benchmark's data folder, generated there first if it is new or empty; exits 2 on a folder it must not
+    use (see `data_plan`)."""
+    try:
+        plan = data_plan(data, profile)
+    except BenchmarkDataError as ex:
+        print(f"error: {ex}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    if plan == "generate":
         print(f"generating the {profile} benchmark into {data} ...", flush=True)
         synthesize(data, seed=seed, profile=profile)
     return data

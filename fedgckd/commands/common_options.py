@@ -6,6 +6,7 @@ import contextlib
 from typing import Iterator
 
 import typer
+from rich.markup import escape
 
 from common.data.records import DataError
 from fedgckd.progress import console
@@ -22,5 +23,6 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (DataError, FileNotFoundError, ValueError) as e:
-        console.print(f"[bold red]error:[/] {e}")
+        # soft_wrap: a long path stays one piece that can be copied; escape: the message is text, not markup
+        console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(2) from None
