@@ -110,16 +110,16 @@ def handle_train(msg: Message, context: Context, overrides: Mapping[str, Any] | 
     last_round = max(int(state["last-round"]), site_data.last_charged_round(settings.state_dir, run_key))
     plan = plan_round(led, cfg, server_round, config, last_round)
     if plan.refuse:
-        led.record(server_round, [], "refused")
+        led.record(server_round, [], "refused", run_key=run_key)
         led.save(settings.ledger_path())
         # a refused round spent nothing; the next one charges from the last spend
         _remember(state, led, None, settings, run_key)
-        metrics.update(led.to_metrics(server_round))
+        metrics.update(led.to_metrics(server_round, run_key))
         return _reply(msg, arrays_in, metrics, outbound.REFUSED, plan.reason, expected, cfg)
     site = site_data.site_features(settings, cfg, t_config["backbone"])  # loading data releases nothing
     if cfg.privacy == "record" and last_round == 0:  # the site's first round: say, on the site's own log only, how loud
         _note_noise(settings.site, plan.dp_sgd_noise, sum(int(np.prod(s)) for s in expected.values()), cfg, site.n_images)
-    n_planned = len(led.record(server_round, plan.spends, "crashed")) if led else 0  # write-ahead
+    n_planned = len(led.record(server_round, plan.spends, "crashed", run_key=run_key)) if led else 0  # write-ahead
     if led:
         led.save(settings.ledger_path())
         _remember(state, led, server_round, settings, run_key)
@@ -136,7 +136,7 @@ def handle_train(msg: Message, context: Context, overrides: Mapping[str, Any] | 
             raise RuntimeError(f"{settings.site}: the round ran {ran}, not the planned {planned}; the ledger keeps the plan")
         led.entries[-n_planned:] = [replace(e, status="trained") for e in led.entries[-n_planned:]]
         led.save(settings.ledger_path())
-        metrics.update(led.to_metrics(server_round))
+        metrics.update(led.to_metrics(server_round, run_key))
     update = result.arrays
     if cfg.privacy == "site":  # the site clips its own update too: it does not rely on the server's mod config
         update = scale_to_bound(update, arrays_in, cfg.clip_norm, slack=0.0)

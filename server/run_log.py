@@ -3,7 +3,16 @@
 `metrics.json`: one row per round: R1/mAP on the target val split (reporting
 only), which sites were sampled, trained, refused (with their reason),
 rejected (with the validation reason) or failed, bytes sent to and from each
-site, each site's epsilon so far.
+site, each site's epsilon so far, and (record-level or no DP only) the norm of
+each accepted update's change.
+
+Nothing outside the DP release is published (docs/privacy.md, section 6):
+under site-level DP a site's update is clipped but not yet noised when the
+server sees it (the noise goes on the sum), so its norm is a per-site value
+that no accountant covers. It is kept out of every file this log writes
+(the rows, ledger.json and the checkpoint's copy), and so is the norm a
+rejection reason would quote. Under record-level DP the update is already a
+DP-SGD output, so its norm is post-processing and stays.
 
 `ledger.json`: every ledger entry every site reported (all sites, all
 rounds), every refusal/rejection/error event, and in site-level mode the
@@ -18,12 +27,15 @@ run again).
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from common.atomic import atomic_write_json
 from common.privacy.ledger import LedgerEntry, SiteLedger, Spend
+
+_NORM_IN_REASON = re.compile(r"update norm [-+0-9.eEinfa]+")  # `validate_update`'s "update norm 3.2 exceeds ..."
 
 
 class RunLog:
@@ -37,12 +49,19 @@ class RunLog:
         self.site_level: dict[str, SiteLedger] = {}
         self._t0 = time.perf_counter()
 
+    @property
+    def site_level_dp(self) -> bool:
+        """Site-level DP: an update the server sees is not yet noised, so nothing measured on it is published."""
+        return self.header.get("privacy", {}).get("mode") == "site"
+
     # -- during a round -----------------------------------------------------------------------
     def start_round(self, server_round: int) -> None:
         self._t0 = time.perf_counter()
         self.row = {"round": server_round, "sampled": [], "trained": [], "refused": {}, "rejected": {}, "errors": {},
                     "bytes_to_site": {}, "teacher_bytes_to_site": {}, "bytes_from_site": {}, "epsilon": {},
-                    "update_norm": {}, "notes": []}
+                    "notes": []}
+        if not self.site_level_dp:
+            self.row["update_norm"] = {}
 
     def note(self, server_round: int, text: str) -> None:
         """Something about the round that is not one site's outcome (e.g. sites that did not connect)."""
@@ -63,13 +82,17 @@ class RunLog:
     def event(self, server_round: int, site: str, kind: str, reason: str) -> None:
         """kind: refused | rejected | error."""
         key = {"refused": "refused", "rejected": "rejected", "error": "errors"}[kind]
+        if self.site_level_dp:
+            reason = _NORM_IN_REASON.sub("update norm (withheld: not a DP release)", reason)
         if self.row.get("round") == server_round:
             self.row[key][site] = reason
         self.events.append({"round": server_round, "site": site, "kind": kind, "reason": reason})
 
     def trained(self, site: str, update_norm: float) -> None:
+        """An accepted update; its norm is kept only where it is post-processing of a DP release (or no DP)."""
         self.row["trained"].append(site)
-        self.row["update_norm"][site] = float(update_norm)
+        if not self.site_level_dp:
+            self.row["update_norm"][site] = float(update_norm)
 
     def site_ledger(self, site: str, entries: list[LedgerEntry]) -> None:
         self.site_entries.setdefault(site, []).extend(asdict(e) for e in entries)

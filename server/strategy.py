@@ -165,7 +165,7 @@ class FedGCKD(FedAvg):
             metrics = dict(next(iter(content.metric_records.values()), {})) if content.metric_records else {}
             if "ledger.n" in metrics:
                 try:
-                    self.log.site_ledger(site, from_metrics(metrics, site))
+                    self.log.site_ledger(site, from_metrics(metrics, site, self.run_key))
                 except Exception as ex:  # a malformed ledger report is itself a reason to reject
                     self.log.event(server_round, site, "rejected", f"malformed ledger metrics: {ex}")
                     rejected += 1

@@ -34,8 +34,8 @@ BASE_KEYS = {"site", "status", "num-examples", "server-round"}
 NO_DP_KEYS = {"loss", "records"}
 QUERY_KEYS = {"site", "teacher-received"}
 _LEDGER_SUMMARY = {"round", "n", "unit", "accountant", "delta", "budget", "epsilon"}
-_LEDGER_ENTRY = {"mechanism", "status", "steps", "clip_norm", "noise_multiplier", "sample_rate", "epsilon_so_far",
-                 "timestamp"}
+_LEDGER_ENTRY = {"mechanism", "status", "steps", "clip_norm", "sensitivity", "noise_multiplier", "sample_rate",
+                 "epsilon_so_far", "timestamp"}
 _LEDGER_RE = re.compile(r"^ledger\.(?:(\d{1,2})\.)?([a-z_]+)$")
 STATUS_KEYS = {"status", "reason"}
 

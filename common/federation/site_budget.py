@@ -70,6 +70,7 @@ def plan_round(led: SiteLedger | None, cfg: FedConfig, server_round: int, server
     """
     if led is None:
         return RoundPlan()
+    run_key = str(server_config.get("run-key", ""))
     try:
         if led.unit == "record":
             spends, sigma = _record_spends(led, cfg, server_round)
@@ -79,11 +80,11 @@ def plan_round(led: SiteLedger | None, cfg: FedConfig, server_round: int, server
             steps = 1 if q >= 1.0 else max(1, server_round - last_round)
             spends = [Spend("site-update-gaussian", sigma, q, steps, cfg.clip_norm)]
     except (AccountingError, ValueError) as ex:
-        return RoundPlan(refuse=True, reason=f"cannot plan this round within the budget {led.budget}: {ex}"[:280],
+        return RoundPlan(refuse=True, reason=led.refusal_reason(None, run_key, str(ex))[:280],
                          projected_epsilon=float("inf"))
     refuse, projected = led.would_exceed(spends)
-    reason = (f"budget exhausted: epsilon would reach {projected:.4g} > budget {led.budget:.4g} "
-              f"(delta {led.delta:g}, {led.unit}-level, spent {led.epsilon():.4g})") if refuse else ""
+    # the reason names spending of earlier runs over the same state folder when that is what exhausts the budget
+    reason = led.refusal_reason(projected, run_key)[:280] if refuse else ""
     return RoundPlan(spends, sigma if led.unit == "record" else 0.0, refuse, reason, projected)
 
 

@@ -8,11 +8,18 @@ a new PrivacyEngine or a new run. ``entries`` say, per round and mechanism,
 what was spent, under which unit and neighbouring relation, and the epsilon
 after it. Loading checks that the entries reproduce the history.
 
-Units and neighbouring relations (DESIGN.md section 4):
+Units and neighbouring relations (docs/privacy.md, section 1):
 - ``"record"``: add/remove one image-caption record at this site. Mechanisms
-  ``dp-sgd`` (Opacus, Poisson sampling) and ``dp-kmeans-prototypes``.
+  ``dp-sgd`` (per-record clipping, Poisson sampling), ``dp-sgd-grouped``
+  (group clipping) and ``dp-kmeans-prototypes``.
 - ``"site"``: add/remove one site's whole dataset. Mechanism
   ``site-update-gaussian`` (clipped site updates, noise on the server's sum).
+Each entry names its mechanism and its sensitivity Delta (`mechanisms`).
+
+Runs: every entry carries the ``run_key`` of the federation run that spent
+it (the server's key, sent with each round). A site's ledger outlives runs,
+so "this run's round 1" is (run_key, round), never the round alone; what a
+site spent in earlier runs is the part of its history under other keys.
 
 A site refuses a round (fails closed) when ``would_exceed`` says the planned
 spending would take epsilon past the budget, or when epsilon cannot be
@@ -32,16 +39,16 @@ from pathlib import Path
 from typing import Sequence
 
 from common.privacy.accounting import ACCOUNTANTS, AccountingError, Entry, as_entry, compute_epsilon, merge_history
+from common.privacy.mechanisms import MECHANISM_UNIT, MECHANISMS, default_sensitivity  # noqa: F401 (re-exported)
 
 UNITS = ("record", "site")
 NEIGHBOURING = {
     "record": "add/remove one image-caption record at this site",
     "site": "add/remove one site's whole dataset",
 }
-MECHANISMS = ("none", "dp-sgd", "dp-kmeans-prototypes", "site-update-gaussian")
-MECHANISM_UNIT = {"dp-sgd": "record", "dp-kmeans-prototypes": "record", "site-update-gaussian": "site"}
 STATUSES = ("trained", "refused", "crashed", "skipped")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: entries carry run_key and sensitivity; version 1 files are read (both fields empty)
+READABLE_VERSIONS = (1, 2)
 
 
 class LedgerError(RuntimeError):
@@ -58,6 +65,12 @@ class Spend:
     steps: int
     # None: the mechanism does not clip (dp-kmeans bounds sensitivity by unit-normalising records).
     clip_norm: float | None = None
+    # Delta, the L2 sensitivity the noise is scaled to; None: the mechanism's default (`mechanisms`).
+    sensitivity: float | None = None
+
+    def __post_init__(self):
+        if self.sensitivity is None:
+            object.__setattr__(self, "sensitivity", default_sensitivity(self.mechanism, self.clip_norm))
 
     def entry(self) -> Entry:
         return as_entry((self.noise_multiplier, self.sample_rate, self.steps))
@@ -80,9 +93,12 @@ class LedgerEntry:
     budget: float
     status: str
     timestamp: float  # unix seconds
+    run_key: str = ""  # the federation run that spent it; "" in version-1 ledgers and outside a federation
+    sensitivity: float | None = None  # Delta of the mechanism (noise std = noise_multiplier x Delta)
 
     def spend(self) -> Spend:
-        return Spend(self.mechanism, self.noise_multiplier, self.sample_rate, self.steps, self.clip_norm)
+        return Spend(self.mechanism, self.noise_multiplier, self.sample_rate, self.steps, self.clip_norm,
+                     self.sensitivity)
 
 
 @dataclass
@@ -133,8 +149,9 @@ class SiteLedger:
             return True, math.inf
         return (not projected <= self.budget), projected
 
-    def record(self, round: int, spends: Sequence[Spend], status: str, timestamp: float | None = None) -> list[LedgerEntry]:
-        """Append what a round spent (possibly nothing, e.g. refused) and return its new entries."""
+    def record(self, round: int, spends: Sequence[Spend], status: str, timestamp: float | None = None,
+               run_key: str = "") -> list[LedgerEntry]:
+        """Append what round ``round`` of run ``run_key`` spent (possibly nothing, e.g. refused); return the new entries."""
         if status not in STATUSES:
             raise LedgerError(f"status must be one of {STATUSES}, got {status!r}")
         self._check_spends(spends)
@@ -153,23 +170,51 @@ class SiteLedger:
                 mechanism=s.mechanism, delta=self.delta, noise_multiplier=float(s.noise_multiplier),
                 clip_norm=None if s.clip_norm is None else float(s.clip_norm), sample_rate=float(s.sample_rate),
                 steps=int(s.steps), accountant=self.accountant, epsilon_so_far=eps,
-                budget=self.budget, status=status, timestamp=ts))
+                budget=self.budget, status=status, timestamp=ts, run_key=str(run_key),
+                sensitivity=None if s.sensitivity is None else float(s.sensitivity)))
         self.history = history
         self.entries.extend(new)
         return new
 
-    def to_metrics(self, round: int | None = None) -> dict[str, int | float]:
+    def earlier_runs(self, run_key: str) -> tuple[list[LedgerEntry], float]:
+        """(entries of runs other than ``run_key`` that precede its first entry, their epsilon)."""
+        first = next((i for i, e in enumerate(self.entries) if e.run_key == run_key), len(self.entries))
+        before = [e for e in self.entries[:first] if e.run_key != run_key]
+        try:
+            eps = compute_epsilon([e.spend().entry() for e in before], self.delta, self.accountant).epsilon
+        except AccountingError:
+            eps = math.inf
+        return before, eps
+
+    def refusal_reason(self, projected: float | None, run_key: str = "", why: str = "") -> str:
+        """Why a round is refused: it would reach ``projected`` (None: no noise level fits it, because ``why``).
+
+        Names the spending of earlier runs (entries under other run keys) when there is any: that, not this run,
+        is then what exhausted the budget."""
+        before, eps_before = self.earlier_runs(run_key) if run_key else ([], 0.0)
+        tail = (f"this round would bring it to {projected:.4g} > budget {self.budget:.4g}" if projected is not None
+                else f"no noise level fits another round into the budget {self.budget:.4g}")
+        if before and eps_before > 0:
+            runs = len({e.run_key for e in before})
+            return (f"this site's ledger already holds epsilon {eps_before:.4g} ({self.unit}-level, delta "
+                    f"{self.delta:g}, Opacus {self.accountant.upper()}) from {runs} earlier run(s); {tail}")
+        if projected is None:
+            return f"cannot plan this round within the budget {self.budget:g}: {why}"
+        return (f"budget exhausted: epsilon would reach {projected:.4g} > budget {self.budget:.4g} "
+                f"(delta {self.delta:g}, {self.unit}-level, spent {self.epsilon():.4g})")
+
+    def to_metrics(self, round: int | None = None, run_key: str | None = None) -> dict[str, int | float]:
         """Flat int/float metrics of one round's entries (see ``ledger_metrics``)."""
         from common.privacy.ledger_metrics import to_metrics
 
-        return to_metrics(self, round)
+        return to_metrics(self, round, run_key)
 
     @staticmethod
-    def from_metrics(metrics, site: str) -> list[LedgerEntry]:
-        """Server side: rebuild the entries a site sent with ``to_metrics``."""
+    def from_metrics(metrics, site: str, run_key: str = "") -> list[LedgerEntry]:
+        """Server side: rebuild the entries a site sent with ``to_metrics`` (stamped with the server's run key)."""
         from common.privacy.ledger_metrics import from_metrics
 
-        return from_metrics(metrics, site)
+        return from_metrics(metrics, site, run_key)
 
     # ---- persistence -------------------------------------------------------------------------
 
@@ -182,7 +227,7 @@ class SiteLedger:
     @classmethod
     def from_dict(cls, d: dict) -> "SiteLedger":
         try:
-            if d["format_version"] != FORMAT_VERSION:
+            if d["format_version"] not in READABLE_VERSIONS:
                 raise LedgerError(f"unknown ledger format_version {d['format_version']!r}")
             led = cls(site=str(d["site"]), unit=d["unit"], delta=float(d["delta"]), budget=float(d["budget"]),
                       accountant=d["accountant"], history=[as_entry(e) for e in d["history"]],
