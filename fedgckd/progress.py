@@ -12,6 +12,7 @@ import contextlib
 from typing import Callable, Iterator
 
 from rich.console import Console
+from rich.table import Column
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True)
@@ -36,19 +37,20 @@ def stop_reason(ex: BaseException) -> str:
 @contextlib.contextmanager
 def progress_bar(description: str) -> Iterator[Callable[..., None]]:
     """Yields `update(done, total, info=None)`; `info` (a dict) is shown after the bar."""
+    whole = lambda width=0: Column(min_width=width, no_wrap=True)  # noqa: E731  (never cut counts or times)
     columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("[bold]{task.description}", table_column=whole()),
+        BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=5)),
+        MofNCompleteColumn(table_column=whole()),
+        TimeElapsedColumn(table_column=whole(7)),
+        TimeRemainingColumn(table_column=whole(7)),
+        TextColumn("{task.fields[info]}", table_column=Column(ratio=2, no_wrap=True, overflow="ellipsis")),
     )
     state: dict = {}
 
     def update(done: int, total: int, info: dict | None = None) -> None:
         if "bar" not in state:
-            state["bar"] = Progress(*columns, console=console, transient=False)
+            state["bar"] = Progress(*columns, console=console, transient=False, expand=True)
             state["bar"].start()
             state["task"] = state["bar"].add_task(description, total=None, info="")
         state["bar"].update(state["task"], completed=done, total=total, info=_info_text(info))

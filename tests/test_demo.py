@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -23,3 +24,9 @@ def test_demo_runs_every_stage_and_ends_with_an_audited_record_level_run(tmp_pat
     assert ledger["privacy"]["unit"] == "record" and ledger["privacy"]["delta"] == 1e-5
     audit = json.loads((out / "federated" / "audit.json").read_text())
     assert audit["checks"]["ok"] is True and audit["checks"]["flags"] == []
+    said = " ".join((r.stdout + r.stderr).split())
+    # a newcomer's output: no engine noise, no raw colour codes in a log, the tiny profile's caveat, one byte count
+    assert "DEPRECATED" not in said and "fraction_evaluate" not in said and "\x1b[" not in r.stderr
+    assert "caveat: the tiny profile has 4 val identities" in said
+    assert len(set(re.findall(r"update: ([\d,]+) B sent per site per round", said))) == 1
+    assert "0/?" not in said

@@ -15,11 +15,28 @@ from fedgckd.progress import console, progress_bar
 app = typer.Typer(help="Generate, preview and check person-retrieval datasets.", no_args_is_help=True)
 
 
+def profile_help() -> str:
+    """--profile's help, from the profiles themselves (so it and the README's command table cannot drift apart)."""
+    from common.data.synth.profiles import PROFILES
+
+    use = {"tiny": "tests and the demo, seconds", "default": "the benchmark", "scale": "the scale benchmark",
+           "sites": "the site-size benchmark"}
+    parts = []
+    for name, p in PROFILES.items():
+        n_train, n_val, n_test = p.identities
+        parts.append(f"{name} ({n_train + n_val + n_test:,} identities per domain: {n_train:,}/{n_val:,}/{n_test:,} "
+                     f"train/val/test, {len(p.domains)} domain{'s' if len(p.domains) > 1 else ''}; {use.get(name, '')})")
+    return "Benchmark size: " + ", ".join(parts) + "."
+
+
+PROFILE_HELP = profile_help()
+
+
 @app.command()
 def synth(
     out: Path = typer.Option(..., "--out", help="Folder to write the generated benchmark into (one subfolder per domain)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
-    profile: str = typer.Option("default", "--profile", help="tiny (tests, seconds), default (~1000 identities per domain), scale (2,200 small identities, 2 domains; for the scale benchmark) or sites (6,400 identities of one domain; for the site-size benchmark)."),
+    profile: str = typer.Option("default", "--profile", help=PROFILE_HELP),
     workers: int = typer.Option(None, "--workers", help="Processes to render with (default: all cores)."),
 ) -> None:
     """Write the embedded multi-domain benchmark in the CUHK-PEDES annotation format."""
