@@ -85,11 +85,9 @@ def test_adapt_per_record_runs_without_target_labels(pipeline):
     assert meta["adaptation"]["config"]["teacher_rounds"] == 4 and meta["adaptation"]["config"]["cmkd"]["kd_weight"] == 0.5
     assert sorted({e["round"] for e in meta["adaptation"]["epochs"]}) == [1, 2, 3, 4] and "4 x 1 epochs" in " ".join(r.output.split())
     assert "DP-whitened" in " ".join(r.output.split()) and meta["adaptation"]["privacy_history"][-1] == [5.0, 1.0, 3]
-    # the printed epsilon is the statistics' own: an RDP bound, so at least the exact epsilon of the composed
-    # Gaussian releases (every entry is unsubsampled, so they compose to one Gaussian of mu = sqrt(sum steps / sigma^2))
-    shown = re.search(r"released at epsilon ([0-9.]+), record-level, delta 1e-05, RDP", " ".join(r.output.split()))
-    exact = exact_gaussian_epsilon(meta["adaptation"]["privacy_history"], 1e-5)
-    assert shown and exact <= float(shown.group(1)) <= 1.25 * exact and "not a DP release" in " ".join(r.output.split())
+    # without --privacy record no epsilon is claimed: the statistics' epsilon alone would not cover the checkpoint
+    said = " ".join(r.output.split())
+    assert "no epsilon is claimed" in said and "not a DP release" in said and not re.search(r"epsilon [0-9]", said)
 
 
 def test_adapt_average_one_keeps_the_last_student(pipeline, tmp_path):

@@ -21,7 +21,11 @@ def adapt(
     source_data: Path = typer.Option(None, "--source-data", help="Folder holding the teacher's source domain (its public anchor bank). Default: the folder recorded in the teacher checkpoint (found relative to the checkpoint), else --data if it holds that domain."),
     target: str = typer.Option(..., "--target", help="Target domain; only its train split's images and captions are read, never its identities."),
     out: Path = typer.Option(..., "--out", help="Checkpoint folder to write."),
-    mode: str = typer.Option("full", "--mode", help="full (graph and negatives across target records) or per-record (each record's loss depends on that record and public data only: first the image head learns the teacher's captions, then the text head learns the adapted images)."),
+    mode: str = typer.Option("full", "--mode", help="full (graph and negatives across target records), per-record (each record's loss depends on that record and public data only: first the image head learns the teacher's captions, then the text head learns the adapted images) or grouped (full GCKD inside small groups keyed by DP prototypes, trained by group clipping)."),
+    privacy: str = typer.Option("none", "--privacy", help="none (no epsilon is claimed) or record: the whole adaptation is a record-level DP release (grouped or per-record mode) with a ledger and an audit in --out."),
+    epsilon: float = typer.Option(8.0, "--epsilon", min=0.0, help="With --privacy record: epsilon of the whole run, for one image-caption record (add/remove)."),
+    delta: float = typer.Option(1e-5, "--delta", min=0.0, max=1.0, help="With --privacy record: delta of the guarantee."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="DP-SGD steps per teacher round in grouped mode and under --privacy record (default 80)."),
     epochs: int = typer.Option(20, "--epochs", help="Fixed schedule, no selection on target data."),
     teacher_rounds: int | None = typer.Option(None, "--teacher-rounds", min=1, help="Run the schedule this many times, each round's result the next round's teacher. Default: 2 in full mode, 4 in per-record mode."),
     average: float = typer.Option(0.99, "--average", min=0.0, max=1.0, help="Keep a moving average of the student's weights with this momentum per step as the result (1 keeps the last student instead)."),
@@ -37,8 +41,18 @@ def adapt(
     from common.train.site_context import PublicBank
 
     mode_key = mode.replace("-", "_")
-    if mode_key not in ("full", "per_record"):
-        console.print(f"[red]error:[/] --mode must be full or per-record, not {mode!r}")
+    if mode_key not in ("full", "per_record", "grouped"):
+        console.print(f"[red]error:[/] --mode must be full, per-record or grouped, not {mode!r}")
+        raise typer.Exit(2)
+    if privacy not in ("none", "record"):
+        console.print(f"[red]error:[/] --privacy must be none or record, not {privacy!r}")
+        raise typer.Exit(2)
+    if privacy == "record" and mode_key == "full":
+        console.print("[red]error:[/] --privacy record needs --mode grouped or per-record: full mode couples every record "
+                      "of the site, which no record-level DP construction admits")
+        raise typer.Exit(2)
+    if privacy == "record" and not (epsilon > 0 and 0 < delta < 1):
+        console.print(f"[red]error:[/] --privacy record needs --epsilon > 0 and 0 < --delta < 1 (got {epsilon}, {delta})")
         raise typer.Exit(2)
     with user_errors():
         ckpt = load_checkpoint(teacher)
@@ -52,29 +66,40 @@ def adapt(
         tgt_fs = features(bb, data, target, "train", cache, labels=False)
         cfg = AdaptConfig(mode=mode_key, epochs=epochs, teacher_rounds=teacher_rounds, seed=seed,
                           average=None if average >= 1.0 else average, whiten=whiten)
+        if steps is not None:
+            cfg.grouped.steps = steps
         cfg = resolved(cfg)
         bank = PublicBank.from_source(src_fs, anchors, seed=seed)
-        with progress_bar(f"adapt ({mode})") as bar:
-            student, log = run(ckpt.heads, tgt_fs, bank, cfg, progress=bar)
+        led = None
+        with progress_bar(f"adapt ({mode}{', record-level DP' if privacy == 'record' else ''})") as bar:
+            if privacy == "record":
+                student, log, led = dp_release(ckpt.heads, tgt_fs, bank, cfg, epsilon, delta, bar)
+            else:
+                student, log = run(ckpt.heads, tgt_fs, bank, cfg, progress=bar)
         meta = {"role": "student", "source": src, "target": {"data": str(data), "domain": target}, "teacher": str(teacher), "adaptation": log}
         save_checkpoint(Checkpoint(student, bb.name, bb.fingerprint(), ckpt.head_config, ckpt.text_dim, ckpt.image_dim, seed, meta), out)
     kept = "last student" if cfg.average is None else f"weight average, momentum {cfg.average}"
     if cfg.whiten > 0:
         kept += f", DP-whitened (noise {cfg.whiten_noise}, shrinkage {cfg.whiten})"
+    if led is not None:
+        from common.train.adapt_release import release_statement, write_release
+        from fedgckd.commands.audit import write_run_audit
+
+        write_release(out, led, log["release"], {"mode": mode, "target": target, "teacher": str(teacher), "seed": seed})
+        console.print(f"wrote {out} (mode {mode}, {cfg.teacher_rounds} teacher rounds, fixed schedule, record-level DP)")
+        console.print(release_statement(led))
+        write_run_audit(out)
+        return
     console.print(f"wrote {out} (mode {mode}, {cfg.teacher_rounds} x {epochs} epochs, fixed schedule, {kept})")
-    if log["privacy_history"]:
-        console.print(statistics_privacy_line(log["privacy_history"]))
+    console.print("no epsilon is claimed: this adaptation read the target's records outside any DP mechanism, so the "
+                  "checkpoint is not a DP release (for one: --privacy record with --mode grouped or per-record)")
 
 
-STATISTICS_DELTA = 1e-5  # as the federation's default: below 1 / records of a typical site
+def dp_release(heads, tgt_fs, bank, cfg, epsilon: float, delta: float, bar):
+    """The whole adaptation as one record-level DP release (`common.train.adapt_release`)."""
+    from common.train.adapt_release import RecordReleaseConfig, adapt_grouped_release, adapt_per_record_release
 
-
-def statistics_privacy_line(history: list) -> str:
-    """What the site statistics of a one-machine per-record run cost, and what they do not cover."""
-    from common.privacy.accounting import compute_epsilon
-
-    eps = compute_epsilon(history, STATISTICS_DELTA, "rdp").epsilon
-    return (f"site statistics (DP prototypes and whitening moments) released at epsilon {eps:.2f}, record-level, "
-            f"delta {STATISTICS_DELTA:g}, RDP accountant. This covers those releases only: one-machine adaptation reads "
-            "the target's records directly, so the checkpoint itself is not a DP release (for that, run the records "
-            "at their site: fedgckd simulate / fedgckd site with record-level DP).")
+    if cfg.mode == "grouped":
+        return adapt_grouped_release(heads, tgt_fs, bank, cfg, epsilon, delta, progress=bar)
+    return adapt_per_record_release(heads, tgt_fs, bank, cfg, epsilon, delta, rc=RecordReleaseConfig(steps=cfg.grouped.steps),
+                                    progress=bar)
