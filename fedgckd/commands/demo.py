@@ -63,8 +63,9 @@ def demo(
         evaluate(model=teacher, data=data, target=d, split="val", json_out=out / "eval" / f"teacher_{d}.json", cache=cache)
     console.rule(f"4. adapt to {target} with GCKD (no target labels read)")
     student = out / "student_full"
-    adapt(teacher=teacher, data=data, source_data=None, target=target, out=student, mode="full", epochs=4, teacher_rounds=2, average=0.99, whiten=None,
-          anchors=512, seed=seed, cache=cache)
+    adapt(teacher=teacher, data=data, source_data=None, target=target, out=student, mode="full", privacy="none",
+          epsilon=8.0, delta=1e-5, steps=None, epochs=4, teacher_rounds=2, average=0.99, whiten=None, anchors=512,
+          seed=seed, cache=cache)
     evaluate(model=student, data=data, target=target, split="val", json_out=out / "eval" / f"student_{target}.json", cache=cache)
     if profile == "tiny":
         console.print(tiny_caveat())
