@@ -32,21 +32,36 @@ with records at several sites composes the sites' guarantees.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Sequence
 
 from scipy.stats import binom
 
 from dp_accounting.pld import privacy_loss_distribution as pld_lib
 
-from common.privacy.second_library import BracketUnavailable, absl_messages, clean_history
+from common.privacy.second_library import BracketUnavailable, absl_messages, clean_history, gaussian_step
 
 GROUP_SIZES = (2, 3, 5)  # records per person worth stating: an image or two with captions, up to a handful
 # PLD discretisation for the mixtures: at 1e-2 the k = 2, 3, 5 values of a 20-step subsampled history agree with
 # 1e-3 to 5e-4 (9.0561 / 14.9655 / 29.1359 against 9.0556 / 14.9652 / 29.1356) at a fifth of the time.
 GROUP_VALUE_INTERVAL = 1e-2
 MAX_GROUP_COMPONENTS = 60  # distinct (sigma, q, steps, k) mixtures built in one audit (0.5-3 s each on two cores)
+# Above this record-level epsilon no meaningful guarantee is left for one record, let alone for k of them (whose
+# epsilon is larger still), and the mixtures' loss distributions get wide enough to cost tens of seconds.
+MAX_RECORD_EPSILON = 50.0
 METHOD = ("group privacy of the Poisson-subsampled Gaussian by its mixture-of-Gaussians dominating pair "
           "(Ganesh 2024, arXiv:2401.10294), PLD by dp-accounting")
+
+
+@lru_cache(maxsize=256)
+def mixture_step(sigma: float, q: float, k: int, value_interval: float) -> tuple[object, tuple]:
+    """(PLD of one step's dominating pair for k records, Poisson rate q < 1, its messages); cached for the process."""
+    j = list(range(k + 1))
+    with absl_messages() as caught:
+        pld = pld_lib.from_mixture_gaussian_mechanism(sigma, [float(x) for x in j],
+                                                       [float(p) for p in binom.pmf(j, k, q)],
+                                                       value_discretization_interval=value_interval)
+    return pld, tuple(caught)
 
 
 class GroupAccountant:
@@ -65,15 +80,11 @@ class GroupAccountant:
             if len(self._components) >= self.max_components:
                 raise BracketUnavailable(f"not computed: this audit's limit of {self.max_components} group-privacy "
                                          "components was reached")
-            with absl_messages() as caught:
-                if q >= 1.0:  # every record takes part: a Gaussian of sensitivity k; n of them compose exactly
-                    pld = pld_lib.from_gaussian_mechanism(sigma / math.sqrt(n), sensitivity=float(k),
-                                                          value_discretization_interval=self.value_interval)
-                else:
-                    j = list(range(k + 1))
-                    pld = pld_lib.from_mixture_gaussian_mechanism(
-                        sigma, [float(x) for x in j], [float(p) for p in binom.pmf(j, k, q)],
-                        value_discretization_interval=self.value_interval).self_compose(n)
+            if q >= 1.0:  # every record takes part: a Gaussian of sensitivity k; n of them compose exactly
+                pld, caught = gaussian_step(sigma / math.sqrt(n) / k, 1.0, self.value_interval)
+            else:
+                step, caught = mixture_step(sigma, q, k, self.value_interval)
+                pld = step.self_compose(n)
             self.messages += caught
             self._components[key] = pld
         return self._components[key]
@@ -93,8 +104,16 @@ class GroupAccountant:
             pld = part if pld is None else pld.compose(part)
         return float(pld.get_epsilon_for_delta(delta))
 
-    def reading(self, history: Sequence[Sequence], delta: float, sizes: Sequence[int] = GROUP_SIZES) -> list[dict]:
-        """[{k, epsilon (None when infinite or not computed), epsilon_infinite, error}] for each group size."""
+    def reading(self, history: Sequence[Sequence], delta: float, sizes: Sequence[int] = GROUP_SIZES,
+                record_epsilon: float | None = None) -> list[dict]:
+        """[{k, epsilon (None when infinite or not computed), epsilon_infinite, error}] for each group size.
+
+        ``record_epsilon``: the history's record-level epsilon, when known; above ``MAX_RECORD_EPSILON`` the
+        group epsilons are not computed (and say why)."""
+        if record_epsilon is not None and math.isfinite(record_epsilon) and record_epsilon > MAX_RECORD_EPSILON:
+            why = (f"not computed: the record-level epsilon {record_epsilon:.4g} already exceeds {MAX_RECORD_EPSILON:g}; "
+                   "a person's is larger still")
+            return [{"k": k, "epsilon": None, "epsilon_infinite": False, "error": why} for k in sizes]
         out = []
         for k in sizes:
             try:

@@ -35,8 +35,10 @@ import logging
 import math
 import re
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Iterator, Sequence
 
+import numpy as np
 from dp_accounting import dp_event
 from dp_accounting.pld import privacy_loss_distribution as pld_lib
 from dp_accounting.rdp import rdp_privacy_accountant
@@ -78,15 +80,6 @@ def clean_history(history: Sequence[Sequence]) -> list[Entry]:
     return [(float(s), float(q), int(n)) for s, q, n in history if int(n) > 0 and float(q) > 0]
 
 
-def dp_event_of(history: Sequence[Sequence]) -> dp_event.DpEvent:
-    """The history as one composed dp-accounting event."""
-    events = []
-    for sigma, q, n in clean_history(history):
-        gauss = dp_event.GaussianDpEvent(sigma)
-        events.append(dp_event.SelfComposedDpEvent(gauss if q >= 1.0 else dp_event.PoissonSampledDpEvent(q, gauss), n))
-    return dp_event.ComposedDpEvent(events)
-
-
 _LEFT_OUT = re.compile(r"_compute_log_a_frac failed to converge .*alpha=([0-9]+(?:\.[0-9]+)?)")
 
 
@@ -100,18 +93,50 @@ def summarise(messages: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(rest))
 
 
+@lru_cache(maxsize=4096)
+def _rdp_per_step(sigma: float, q: float) -> tuple[tuple[float, ...], tuple[str, ...]]:
+    """dp-accounting's RDP vector of one step on Opacus' orders, and its messages."""
+    gauss = dp_event.GaussianDpEvent(sigma)
+    with absl_messages() as caught:
+        acc = rdp_privacy_accountant.RdpAccountant(orders=list(ALPHAS))
+        acc.compose(gauss if q >= 1.0 else dp_event.PoissonSampledDpEvent(q, gauss))
+    return tuple(float(r) for r in acc.rdp), tuple(caught)
+
+
 def rdp_epsilon(history: Sequence[Sequence], delta: float) -> tuple[float, tuple[str, ...]]:
-    """(dp-accounting's RDP epsilon on Opacus' order grid, its numerical warnings)."""
+    """(dp-accounting's RDP epsilon on Opacus' order grid, its numerical warnings).
+
+    The sum of per-step RDP vectors times steps is what ``RdpAccountant.compose`` does for a
+    ``SelfComposedDpEvent``; the conversion is dp-accounting's ``compute_epsilon``."""
     hist = clean_history(history)
     if not hist:
         return 0.0, ()
     if any(s == 0 for s, _, _ in hist):
         return math.inf, ()
+    total, caught = np.zeros(len(ALPHAS)), []
+    for sigma, q, n in hist:
+        vec, msgs = _rdp_per_step(sigma, q)
+        total = total + np.asarray(vec) * n
+        caught += msgs
+    with absl_messages() as more:
+        eps, _order = rdp_privacy_accountant.compute_epsilon(list(ALPHAS), list(total), delta)
+    return float(eps), summarise(caught + more)
+
+
+@lru_cache(maxsize=512)
+def gaussian_step(sigma: float, q: float, value_interval: float, pessimistic: bool = True) -> tuple[object, tuple]:
+    """(PLD of one Gaussian step of noise multiplier ``sigma``, Poisson-subsampled at ``q`` (1: not), its messages).
+
+    Cached for the process: audits of runs that share mechanisms (and the tests) build each one once."""
+    # connect-the-dots has no optimistic variant; privacy buckets gives the optimistic (lower) estimate
+    opts = dict(pessimistic_estimate=pessimistic, value_discretization_interval=value_interval,
+                use_connect_dots=pessimistic)
     with absl_messages() as caught:
-        acc = rdp_privacy_accountant.RdpAccountant(orders=list(ALPHAS))
-        acc.compose(dp_event_of(hist))
-        eps = float(acc.get_epsilon(delta))
-    return eps, summarise(caught)
+        if q >= 1.0:
+            pld = pld_lib.from_gaussian_mechanism(sigma, **opts)
+        else:
+            pld = pld_lib.from_gaussian_mechanism(sigma, sampling_prob=q, **opts)
+    return pld, tuple(caught)
 
 
 class PldBracket:
@@ -130,14 +155,11 @@ class PldBracket:
             if len(self._components) >= self.max_components:
                 raise BracketUnavailable(f"not computed: this audit's limit of {self.max_components} PLD components "
                                          "was reached")
-            # connect-the-dots has no optimistic variant; privacy buckets gives the optimistic (lower) estimate
-            opts = dict(pessimistic_estimate=pessimistic, value_discretization_interval=self.value_interval,
-                        use_connect_dots=pessimistic)
-            with absl_messages() as caught:
-                if q >= 1.0:  # n Gaussian releases compose exactly into one with sigma / sqrt(n)
-                    pld = pld_lib.from_gaussian_mechanism(sigma / math.sqrt(n), **opts)
-                else:
-                    pld = pld_lib.from_gaussian_mechanism(sigma, sampling_prob=q, **opts).self_compose(n)
+            if q >= 1.0:  # n Gaussian releases compose exactly into one with sigma / sqrt(n)
+                pld, caught = gaussian_step(sigma / math.sqrt(n), 1.0, self.value_interval, pessimistic)
+            else:
+                step, caught = gaussian_step(sigma, q, self.value_interval, pessimistic)
+                pld = step.self_compose(n)
             self.messages += caught
             self._components[key] = pld
         return self._components[key]

@@ -13,9 +13,10 @@ from common.privacy.ledger import NEIGHBOURING
 from common.report.one_run import best_bound
 from common.report.provenance import code_version, run_provenance
 from common.report.recompute import LEDGER_REL_TOL, MAX_PRV, PRV_SLACK, Recomputer, recompute_account
+from common.report.second_opinion import second_opinion
 from common.report.run_reader import Account, RunRecord, read_run
 from common.report.schema import SCHEMA
-from common.report.wording import MECHANISM_TEXT, UNIT_STATEMENT, verdict_reason
+from common.report.wording import ASSUMPTIONS, MECHANISM_TEXT, UNIT_STATEMENT, verdict_reason
 
 EMPIRICAL_FILE = "empirical_audit.json"
 
@@ -32,6 +33,8 @@ def _privacy(run: RunRecord) -> dict:
     return {"mode": mode, "unit": unit, "neighbouring": NEIGHBOURING.get(unit), "statement": UNIT_STATEMENT[unit or "none"],
             "delta": p.get("delta") if unit else None, "budget": p.get("epsilon_budget") if unit else None,
             "accountant": p.get("accountant", "rdp"), "second_accountant": "prv",
+            "bracket": "dp-accounting: PLD <= claimed <= RDP, every ledger row",
+            "assumptions": list(ASSUMPTIONS[unit or "none"]),
             "mechanisms": [{"name": m, "description": MECHANISM_TEXT.get(m, m)} for m in mechanisms],
             "header": p}
 
@@ -50,22 +53,31 @@ def _next_round(acc: Account, history: list, rc: Recomputer) -> float | None:
 
 
 def _account_summary(acc: Account, detail: dict, rc: Recomputer) -> dict:
+    """One ledger's final state. Its epsilon is the whole history (earlier runs, this run, later runs over the
+    same state folder), the site's own ledger total; ``epsilon_prior_rdp`` / ``epsilon_this_run_rdp`` split it."""
     rounds = detail["rounds"]
-    final = rounds[-1] if rounds else {}
-    own = "epsilon_rdp" if acc.accountant == "rdp" else "epsilon_prv"
-    eps = final.get(own, 0.0) if rounds else rc.rdp(acc.prior_history, acc.delta)[0]
-    infinite = bool(final.get("epsilon_rdp_infinite")) if acc.accountant == "rdp" else False
-    nxt = _next_round(acc, [tuple(e) for e in detail["history"]], rc)
+    total = [tuple(e) for e in detail["history"]]
+    eps_rdp, _ = rc.rdp(total, acc.delta)
+    eps_prv, prv_error = rc.prv(total, acc.delta, allow_new=bool(rounds))
+    if acc.accountant == "rdp":
+        eps, infinite = (None if math.isinf(eps_rdp) else eps_rdp), math.isinf(eps_rdp)
+    else:
+        eps, infinite = eps_prv, False
+    nxt = _next_round(acc, total, rc)
     return {"site": acc.site, "keeper": acc.keeper, "unit": acc.unit, "neighbouring": acc.neighbouring,
-            "delta": acc.delta, "budget": acc.budget, "accountant": acc.accountant,
-            "epsilon": None if infinite else eps, "epsilon_infinite": infinite,
-            "epsilon_rdp": final.get("epsilon_rdp"), "epsilon_prv": final.get("epsilon_prv"),
-            "prv_error": final.get("prv_error"),
+            "delta": acc.delta, "budget": acc.budget, "accountant": acc.accountant, "run_key": acc.run_key,
+            "epsilon": eps, "epsilon_infinite": infinite,
+            "epsilon_rdp": _num(eps_rdp), "epsilon_prv": _num(eps_prv) if eps_prv is not None else None,
+            "prv_error": prv_error if rounds else None,
             "epsilon_ledger": rounds[-1]["spends"][-1]["epsilon_ledger"] if rounds else None,
-            "epsilon_prior_rdp": _num(rc.rdp(acc.prior_history, acc.delta)[0]),
+            "epsilon_prior_rdp": _num(rc.rdp(acc.prior_history, acc.delta)[0]), "prior_runs": acc.prior_runs,
+            "epsilon_this_run_rdp": _num(rc.rdp([tuple(e) for e in detail["history_this_run"]], acc.delta)[0]),
+            "epsilon_later_rdp": _num(rc.rdp(acc.later_history, acc.delta)[0]) if acc.later_history else None,
+            **second_opinion(acc, total, rc),
             "next_round_epsilon": _num(nxt), "next_round_exceeds_budget": nxt is not None and nxt > acc.budget,
             "prior_source": acc.prior_source,
             "prior_history": [list(e) for e in acc.prior_history], "history": detail["history"],
+            "later_history": [list(e) for e in acc.later_history],
             "notes": acc.notes, "rounds": rounds}
 
 
@@ -76,12 +88,12 @@ def _verdict(site: str, accounts: list[dict], run: RunRecord, privacy: dict) -> 
     server = next((a for a in mine if a["keeper"] == "server"), None)
     refused = sorted({e["round"] for e in events if e["kind"] == "refused"} |
                      {r["round"] for a in mine if a["keeper"] == "site" for r in a["rounds"]
-                      if any(s["status"] == "refused" for s in r["spends"])})
+                      if any(s["status"] == "refused" for s in _this_run(a, r))})
     errors = [f"round {e['round']}: {e['reason']}" for e in events if e["kind"] == "error"]
     base = {"site": site, "keeper": acc["keeper"] if acc else None,
             "server_epsilon": server["epsilon"] if server else None,
             "rounds_trained": sorted({r["round"] for r in (acc or {}).get("rounds", [])
-                                      if any(s["status"] == "trained" for s in r["spends"])}),
+                                      if any(s["status"] == "trained" for s in _this_run(acc, r))}),
             "rounds_refused": refused, "events": events}
     if acc is None:
         kind = "not-private" if privacy["unit"] is None else "no-record"
@@ -101,10 +113,19 @@ def _verdict(site: str, accounts: list[dict], run: RunRecord, privacy: dict) -> 
     reasons = [e["reason"] for e in events if e["kind"] == "refused"]
     text = verdict_reason(kind, eps=eps, budget=acc["budget"], unit=acc["unit"], delta=acc["delta"],
                           accountant=acc["accountant"], next_eps=acc["next_round_epsilon"], refused_rounds=refused,
-                          reasons=reasons, errors=errors)
+                          reasons=reasons, errors=errors, prior_eps=acc["epsilon_prior_rdp"],
+                          prior_runs=acc["prior_runs"], this_run_eps=acc["epsilon_this_run_rdp"])
     return {**base, "verdict": kind, "reason": text, "unit": acc["unit"], "delta": acc["delta"],
             "budget": acc["budget"], "epsilon": acc["epsilon"], "epsilon_infinite": acc["epsilon_infinite"],
-            "epsilon_prv": acc["epsilon_prv"], "prv_error": acc["prv_error"], "accountant": acc["accountant"]}
+            "epsilon_prv": acc["epsilon_prv"], "prv_error": acc["prv_error"], "accountant": acc["accountant"],
+            "epsilon_prior": acc["epsilon_prior_rdp"], "prior_runs": acc["prior_runs"],
+            "epsilon_this_run": acc["epsilon_this_run_rdp"], "epsilon_pld": acc["epsilon_pld"],
+            "person_level": acc["person_level"]}
+
+
+def _this_run(acc: dict, r: dict) -> list[dict]:
+    """The spends of round ``r`` that this run made (a round's row may hold another run's, see run_reader)."""
+    return [s for s in r["spends"] if not acc["run_key"] or s.get("run_key", "") == acc["run_key"]]
 
 
 def _empirical(run: RunRecord, empirical: dict | None, accounts: list[dict], rc: Recomputer, flags: list) -> dict | None:

@@ -8,7 +8,10 @@ sample_rate, steps)``) is handed to
   itself), and
 - Opacus' ``PRVAccountant`` through ``compute_epsilon(..., "prv")`` (second),
   which refuses, with a reason, the regimes where PRV is known to fail or to
-  be unaffordable (no noise, a huge discretisation grid, overflow).
+  be unaffordable (no noise, a huge discretisation grid, overflow), and
+- Google's ``dp-accounting`` (`common.privacy.second_library`), another
+  library: its PLD (tight) and its RDP on the same orders, the bracket every
+  ledger row must sit in: PLD <= stored epsilon <= RDP.
 
 Checks (each failure is a flag with severity ``"error"``):
 - ``ledger-inconsistent``: an entry's stored ``epsilon_so_far`` differs from
@@ -22,6 +25,12 @@ Checks (each failure is a flag with severity ``"error"``):
   lower estimate is ``eps_error`` below it and the true value is at most the
   RDP bound). PRV below RDP is expected (RDP is looser) and is not a flag.
 - ``over-budget``: epsilon after a round exceeds the keeper's budget.
+- ``below-pld``: a row's stored epsilon is below dp-accounting's optimistic
+  PLD estimate, a lower bound on the true epsilon: under-reported.
+- ``above-rdp``: a row's stored epsilon is above dp-accounting's RDP bound of
+  the same history: the number does not follow from the history.
+- ``within-discretisation`` (severity ``"warning"``): below the pessimistic
+  PLD but not below the optimistic one (inside PLD's discretisation error).
 - ``unit-mismatch`` / ``delta-mismatch``: an entry disagrees with its ledger.
 
 PRV evaluations are cached per history and capped at ``MAX_PRV`` distinct
@@ -39,6 +48,8 @@ from typing import Sequence
 from opacus.accountants import RDPAccountant
 
 from common.privacy.accounting import PRV_EPS_ERROR, AccountingError, Entry, compute_epsilon, merge_history
+from common.privacy.person_level import GroupAccountant
+from common.privacy.second_library import PldBracket, check_row
 from common.report.run_reader import Account
 
 LEDGER_REL_TOL = 1e-6  # the ledger stores float64 epsilons of the same arithmetic: agreement is ~1e-15
@@ -67,6 +78,8 @@ class Recomputer:
         self.max_prv = max_prv
         self._rdp: dict = {}
         self._prv: dict = {}
+        self.pld = PldBracket()  # dp-accounting's PLD, composed incrementally and cached across accounts
+        self.group = GroupAccountant()  # person-level reading (k records of one site), cached components
 
     def rdp(self, history: Sequence[Entry], delta: float) -> tuple[float, tuple[str, ...]]:
         key = (_key(history), delta)
@@ -109,10 +122,15 @@ def _num(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
-def _spend(e) -> dict:
+def _spend(e, bracket: dict) -> dict:
     return {"mechanism": e.mechanism, "noise_multiplier": e.noise_multiplier, "clip_norm": e.clip_norm,
-            "sample_rate": e.sample_rate, "steps": e.steps, "status": e.status,
-            "epsilon_ledger": _num(e.epsilon_so_far), "epsilon_ledger_infinite": math.isinf(e.epsilon_so_far)}
+            "sensitivity": e.sensitivity, "sample_rate": e.sample_rate, "steps": e.steps, "status": e.status,
+            "run_key": e.run_key, "epsilon_ledger": _num(e.epsilon_so_far),
+            "epsilon_ledger_infinite": math.isinf(e.epsilon_so_far),
+            **{k: bracket[k] for k in ("epsilon_pld", "epsilon_rdp_dpa", "bracket", "bracket_reason")}}
+
+
+BRACKET_SEVERITY = {"below-pld": "error", "above-rdp": "error", "within-discretisation": "warning"}
 
 
 def _enforced(own: str, history: Sequence[Entry], delta: float, rc: Recomputer) -> tuple[float, str | None]:
@@ -130,8 +148,8 @@ def _enforced(own: str, history: Sequence[Entry], delta: float, rc: Recomputer) 
 
 def recompute_account(acc: Account, rc: Recomputer, flags: list[Flag]) -> dict:
     """Rounds with both recomputations, the final state, and flags appended to ``flags``."""
-    def flag(rnd, kind, msg):
-        flags.append(Flag(acc.site, acc.keeper, rnd, kind, "error", msg))
+    def flag(rnd, kind, msg, severity="error"):
+        flags.append(Flag(acc.site, acc.keeper, rnd, kind, severity, msg))
 
     history = list(acc.prior_history)
     own = "rdp" if acc.accountant == "rdp" else "prv"
@@ -149,13 +167,21 @@ def recompute_account(acc: Account, rc: Recomputer, flags: list[Flag]) -> dict:
             flag(e.round, "ledger-inconsistent",
                  f"round {e.round} {e.mechanism}: the ledger says epsilon {e.epsilon_so_far:.10g}, its history "
                  f"recomputed with {own.upper()} gives {eps_own:.10g} (prior history: {acc.prior_source})")
+        bracket = check_row(e.epsilon_so_far, history, acc.delta, rc.pld)
+        if bracket["bracket"] in BRACKET_SEVERITY:
+            flag(e.round, bracket["bracket"], f"round {e.round} {e.mechanism}: {bracket['bracket_reason']} "
+                 f"({acc.unit}-level, delta {acc.delta:g})", BRACKET_SEVERITY[bracket["bracket"]])
+        for w in bracket["dpa_warnings"]:
+            if w not in acc.notes:
+                acc.notes.append(w)
         if not rounds or rounds[-1]["round"] != e.round:
             rounds.append({"round": e.round, "spends": [], "_history": None})
-        rounds[-1]["spends"].append(_spend(e))
+        rounds[-1]["spends"].append(_spend(e, bracket))
         rounds[-1]["_history"] = list(history)
-    finals = [rounds[-1]["_history"]] if rounds else []
-    for h in finals:  # the final state gets a PRV evaluation before any per-round one
-        rc.prv(h, acc.delta)
+    this_run = merge_history([e.spend().entry() for e in acc.entries if not acc.run_key or e.run_key == acc.run_key])
+    total = merge_history(history, acc.later_history)  # later runs over the same state folder: the whole history
+    if rounds:  # the final state gets a PRV evaluation before any per-round one
+        rc.prv(total, acc.delta)
     for r in rounds:
         h = r.pop("_history")
         eps_rdp, rdp_warn = rc.rdp(h, acc.delta)
@@ -169,4 +195,4 @@ def recompute_account(acc: Account, rc: Recomputer, flags: list[Flag]) -> dict:
         spent = eps_rdp if own == "rdp" else (eps_prv if eps_prv is not None else math.inf)
         if spent > acc.budget and any(s["steps"] > 0 for s in r["spends"]):
             flag(r["round"], "over-budget", f"round {r['round']}: epsilon {spent:.4g} > budget {acc.budget:.4g}")
-    return {"rounds": rounds, "history": [list(e) for e in history]}
+    return {"rounds": rounds, "history": [list(e) for e in total], "history_this_run": [list(e) for e in this_run]}

@@ -8,13 +8,17 @@ Inputs (written by the server's run log, see ``server/run_log.py``):
   per-round rows;
 - each site's own ledger file ``<state-dir>/<site>/ledger-<unit>.json`` when
   it is readable (simulations keep it under the run folder). A site's ledger
-  may hold spending from earlier runs; the run's ledger.json holds only this
-  run's entries. When the site's file contains this run's entries (in order),
-  what comes before them is the prior history and is composed in, and so are
-  entries the site recorded during the run that ledger.json lacks (a round a
-  restarted server ran again); when the file is not readable, nothing is
-  assumed (the recomputation then starts from zero and the consistency check
-  says so if the stored epsilons disagree).
+  outlives runs; the run's ledger.json holds only this run's entries. Entries
+  carry the run's key (``run_key``), so this run's entries are found in the
+  site's file by key: what comes before them (earlier runs) is the prior
+  history, what comes after (later runs over the same state folder) the later
+  history, and both are composed in, so the account's epsilon is the site's
+  whole history, equal to its own ledger's. Entries of this run that the
+  site recorded but ledger.json lacks (a round a restarted server ran again)
+  are composed in too. Ledgers written before run keys existed are matched
+  as an ordered subsequence instead. When the file is not readable, nothing
+  is assumed (the recomputation then starts from zero and the consistency
+  check says so if the stored epsilons disagree).
 
 An account is one ledger kept by one keeper: ``"site"`` (the site's own
 ledger, the one that makes it refuse) or ``"server"`` (site-level DP only:
@@ -50,6 +54,9 @@ class Account:
     prior_history: list[Entry] = field(default_factory=list)  # spending before this run, composed in
     prior_source: str = "none found"  # where the prior history came from, in words
     notes: list[str] = field(default_factory=list)
+    run_key: str = ""  # this run's key ("" for ledgers written before run keys)
+    prior_runs: int = 0  # earlier runs (distinct keys) in the prior history
+    later_history: list[Entry] = field(default_factory=list)  # spending of later runs in the site's file
 
     @property
     def neighbouring(self) -> str:
@@ -104,6 +111,9 @@ def _align_with_site_file(acc: Account, state_dir: Path | None) -> None:
         acc.notes.append(f"the site's ledger file {path} is unreadable: {ex}")
         acc.prior_source = "site ledger file unreadable"
         return
+    if acc.run_key:
+        _align_by_key(acc, full, path)
+        return
     matched, j = [], 0  # this run's entries as an ordered subsequence of the file's
     for i, e in enumerate(full.entries):
         if j < len(acc.entries) and _same(e, acc.entries[j]):
@@ -124,6 +134,41 @@ def _align_with_site_file(acc: Account, state_dir: Path | None) -> None:
                          f"(rounds {sorted({e.round for e in extra})}); they are composed in")
 
 
+def _align_by_key(acc: Account, full: SiteLedger, path: Path) -> None:
+    """This run's entries are those of its key in the site's file; before them: earlier runs; after: later ones."""
+    mine = [i for i, e in enumerate(full.entries) if e.run_key == acc.run_key]
+    if not mine:
+        acc.notes.append(f"the site's ledger file {path} holds no entry of this run (key {acc.run_key}); "
+                         "prior spending unknown")
+        acc.prior_source = "site ledger file does not match this run"
+        return
+    first, last = mine[0], mine[-1]
+    span = full.entries[first:last + 1]
+    missing = [e for e in acc.entries if not any(_same(e, f) for f in span)]
+    if missing:  # the server recorded spending the site's file does not hold: rolled back or replaced
+        acc.notes.append(f"{len(missing)} entries of ledger.json (rounds {sorted({e.round for e in missing})}) are "
+                         f"not in the site's ledger file {path}; prior spending unknown")
+        acc.prior_source = "site ledger file does not match this run"
+        return
+    before, later = full.entries[:first], full.entries[last + 1:]
+    acc.prior_history = merge_history([e.spend().entry() for e in before])
+    acc.prior_runs = len({e.run_key for e in before})
+    acc.prior_source = f"{path} ({len(before)} earlier entries of {acc.prior_runs} earlier run(s))"
+    acc.later_history = merge_history([e.spend().entry() for e in later])
+    if later:
+        acc.notes.append(f"the site's ledger holds {len(later)} entries of {len({e.run_key for e in later})} later "
+                         "run(s); they are composed into its epsilon (the site's whole history)")
+    others = [e for e in span if e.run_key != acc.run_key]
+    if others:
+        acc.notes.append(f"{len(others)} entries of other runs were recorded while this run ran (a shared state "
+                         "folder); they are composed in where they happened")
+    extra = [full.entries[i] for i in mine if not any(_same(full.entries[i], e) for e in acc.entries)]
+    if extra:
+        acc.notes.append(f"{len(extra)} entries of this run are in the site's ledger but not in ledger.json "
+                         f"(rounds {sorted({e.round for e in extra})}); they are composed in")
+    acc.entries = list(span)
+
+
 def _site_accounts(ledger: dict, state_dir: Path | None) -> list[Account]:
     out = []
     for site, raw in sorted((ledger.get("sites") or {}).items()):
@@ -131,7 +176,11 @@ def _site_accounts(ledger: dict, state_dir: Path | None) -> list[Account]:
         if not entries:
             continue
         last = entries[-1]
-        acc = Account(site, "site", last.unit, last.delta, last.budget, last.accountant, entries)
+        keys = {e.run_key for e in entries}
+        acc = Account(site, "site", last.unit, last.delta, last.budget, last.accountant, entries,
+                      run_key=last.run_key if len(keys) == 1 else "")
+        if len(keys) > 1:
+            acc.notes.append(f"ledger.json holds entries of {len(keys)} run keys for this site; matched by content")
         _align_with_site_file(acc, state_dir)
         out.append(acc)
     return out
