@@ -22,16 +22,13 @@ from hypothesis import strategies as st
 from common.checkpoint import load_checkpoint
 from common.federation.trainable import set_trainable, trainable_names
 from common.graph.gmp import GMPConfig
-from common.graph.grouped_gmp import propagate_groups
 from common.losses.cmkd import CMKDConfig
-from common.losses.grouped_loss import GroupLoss, GroupPack, group_targets
 from common.models.backbones import build_backbone
 from common.pipeline import domain_features
 from common.privacy.site_prototypes import dp_kmeans
 from common.train.bookkeeping_clip import BookkeepingClipper, clippable_layers
-from common.train.grouped_adapt import record_views
 from common.train.grouped_dp import GroupClippedSGD
-from common.train.grouped_keys import group_keys, groups_of, record_uids
+from common.train.grouped_site import GroupedSite, record_views
 from fed_support import SOURCE, TARGET, shared_bench
 
 TOL = 1e-9  # relative slack for float64 round-off
@@ -54,17 +51,15 @@ def _site():
 
 @dataclass
 class Grouped:
-    """S(B): the pre-noise sum of clipped group gradients of grouped mode for a batch B of record indices."""
+    """S(B): the pre-noise sum of clipped group gradients of grouped mode for a batch B of record indices, by the
+    production path (`GroupedSite.prepare`, then `GroupClippedSGD.clipped_sum`)."""
 
     stepper: GroupClippedSGD
+    site: GroupedSite
     teacher: object
     views: torch.Tensor
     protos: torch.Tensor
-    uids: torch.Tensor
-    bins: int
-    crit: GroupLoss
-    public: torch.Tensor
-    caps_of: list
+    anchors: tuple
     tgt: object
     delta: float
 
@@ -74,13 +69,15 @@ class Grouped:
         b = torch.tensor(sorted(batch), dtype=torch.long)
         if len(b) == 0:
             return torch.cat([torch.zeros_like(p).reshape(-1) for p in trained]), b
-        gid = groups_of(group_keys(self.views[b], self.protos, self.uids[b], 5, self.bins))
-        pack = GroupPack.build(self.tgt.image_feats, self.tgt.text_feats, self.caps_of, b, gid)
-        with torch.no_grad():
-            t_img, t_txt = self.teacher.image(pack.img), self.teacher.text(pack.txt)
-            t_img, t_txt = propagate_groups(t_img, pack.mi, t_txt, pack.mt, pack.slot, self.public, GMPConfig())
-        sums, _, _ = self.stepper.clipped_sum(pack, group_targets(t_img, t_txt, pack.slot), self.crit)
-        return torch.cat([sums[p].reshape(-1) for p in trained]), gid
+        pack, targets, crit = self.site.prepare(b, self.teacher, self.views, self.protos, *self.anchors, 5, GMPConfig(),
+                                                CMKDConfig(hard_negatives=8), 2, True)
+        gid = torch.full((self.tgt.n_images,), -1, dtype=torch.long)
+        for g, row in enumerate(pack.records.tolist()):
+            for r in row:
+                if r >= 0:
+                    gid[r] = g
+        sums, _, _ = self.stepper.clipped_sum(pack, targets, crit)
+        return torch.cat([sums[p].reshape(-1) for p in trained]), gid[b]
 
 
 def _grouped(preset="all", clipping="auto", prototypes=4, bins=2, clip=0.05, seed=0) -> Grouped:
@@ -93,14 +90,10 @@ def _grouped(preset="all", clipping="auto", prototypes=4, bins=2, clip=0.05, see
     set_trainable(student, trainable_names(student, preset))
     views = record_views(teacher, tgt)
     protos = dp_kmeans(views, prototypes, 1, 1.0, a_txt[:prototypes], g).prototypes if prototypes else views[:0]
-    caps_of = [[] for _ in range(tgt.n_images)]
-    for t, r in enumerate(tgt.text_to_image.tolist()):
-        caps_of[r].append(t)
     stepper = GroupClippedSGD(student, torch.optim.SGD(student.parameters(), lr=0.0), clip, 0.0, 1.0,
                               torch.Generator(), clipping)
-    crit = GroupLoss(a_img, a_txt, CMKDConfig(hard_negatives=8), teacher.cfg.out_dim, neighbours=2)
-    return Grouped(stepper, teacher, views, protos, record_uids(tgt.image_feats, b"adjacency"), bins, crit,
-                   torch.cat([a_img, a_txt, protos]), caps_of, tgt, 2 * clip)
+    site = GroupedSite.build(tgt, 0.5, bins, b"adjacency")
+    return Grouped(stepper, site, teacher, views, protos, (a_img, a_txt), tgt, 2 * clip)
 
 
 def _naive_infonce(clip=0.05, seed=0):

@@ -29,19 +29,15 @@ import copy
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from common.federation.trainable import set_trainable, trainable_names
-from common.graph.grouped_gmp import propagate_groups
-from common.losses.grouped_loss import GroupLoss, GroupPack, group_targets
 from common.models.feature_cache import FeatureSet
 from common.models.heads import DualHeads
 from common.privacy.accounting import merge_history
-from common.privacy.site_prototypes import dp_kmeans
-from common.train.embed import embed_featureset
 from common.train.grouped_config import GroupedConfig, normaliser, sample_rate
 from common.train.grouped_dp import GroupClippedSGD
-from common.train.grouped_keys import GroupStats, default_bins, group_keys, groups_of, record_uids
+from common.train.grouped_keys import default_bins
+from common.train.grouped_site import GroupedSite, record_views, release_prototypes  # noqa: F401 (record_views re-exported)
 from common.train.site_context import PublicBank
 
 NO_TARGET_PROTOTYPE_NOISE = 4.0  # GroupedConfig.prototype_noise when no target epsilon set it
@@ -51,24 +47,6 @@ def _ema(average: DualHeads, student: DualHeads, m: float) -> None:
     with torch.no_grad():
         for a, s in zip(average.parameters(), student.parameters()):
             a.lerp_(s.detach(), 1.0 - m)
-
-
-@torch.no_grad()
-def record_views(teacher: DualHeads, target: FeatureSet) -> torch.Tensor:
-    """[N, D] each record's mean caption embedding by ``teacher``, unit norm: a function of the record alone."""
-    text, image = embed_featureset(teacher, target)
-    return F.normalize(torch.zeros_like(image).index_add(0, target.text_to_image, text), dim=-1)
-
-
-def release_prototypes(views: torch.Tensor, anchors: torch.Tensor, g: GroupedConfig, gen: torch.Generator) -> tuple[torch.Tensor, list]:
-    """DP k-means prototypes of the record views, started from public anchors; (prototypes, accountant entries)."""
-    k = min(g.prototypes, len(anchors))
-    if k <= 0:
-        return views[:0], []
-    noise = NO_TARGET_PROTOTYPE_NOISE if g.prototype_noise is None else g.prototype_noise
-    init = anchors[torch.randperm(len(anchors), generator=gen)[:k]]
-    release = dp_kmeans(views, k, g.prototype_iters, noise, init, gen)
-    return release.prototypes, release.history
 
 
 def _optimizer(g: GroupedConfig, params: list) -> torch.optim.Optimizer:
@@ -86,11 +64,9 @@ def adapt_grouped(teacher_heads: DualHeads, target: FeatureSet, bank: PublicBank
     n = target.n_images
     q, norm = sample_rate(g, n), normaliser(g, n)
     bins = g.bins if g.bins is not None else default_bins(q * n, g.prototypes, g.group_size)
-    uids = record_uids(target.image_feats, f"fedgckd-grouped-{cfg.seed}".encode())
-    caps_of: list[list[int]] = [[] for _ in range(n)]
-    for t, r in enumerate(target.text_to_image.tolist()):
-        caps_of[r].append(t)
-    stats, history, epochs = GroupStats.empty(), [], []
+    site = GroupedSite.build(target, q, bins, f"fedgckd-grouped-{cfg.seed}".encode())
+    proto_noise = NO_TARGET_PROTOTYPE_NOISE if g.prototype_noise is None else g.prototype_noise
+    history, epochs = [], []
     total = cfg.teacher_rounds * g.steps
     teacher = teacher_heads
     step_no = 0
@@ -100,7 +76,7 @@ def adapt_grouped(teacher_heads: DualHeads, target: FeatureSet, bank: PublicBank
             p.requires_grad_(False)
         a_img, a_txt = bank.embed(teacher)
         views = record_views(teacher, target)
-        protos, entries = release_prototypes(views, a_txt, g, generator)
+        protos, entries = release_prototypes(views, a_txt, g.prototypes, g.prototype_iters, proto_noise, generator)
         history = merge_history(history, entries)
         student = copy.deepcopy(teacher).train()
         set_trainable(student, trainable_names(student, g.train_params))
@@ -112,21 +88,10 @@ def adapt_grouped(teacher_heads: DualHeads, target: FeatureSet, bank: PublicBank
         for s in range(g.steps):
             if s % cfg.refresh_steps == 0 and s:
                 a_img, a_txt = bank.embed(momentum_teacher)  # public anchors follow the momentum teacher
-            recs = (torch.rand(n, generator=generator) < q).nonzero().squeeze(1)
-            if len(recs) == 0:
-                sgd.step(None, None, None)
-                stats.add(recs)
-            else:
-                gid = groups_of(group_keys(views[recs], protos, uids[recs], step_no, bins))
-                stats.add(gid)
-                pack = GroupPack.build(target.image_feats, target.text_feats, caps_of, recs, gid)
-                with torch.no_grad():
-                    t_img, t_txt = momentum_teacher.image(pack.img), momentum_teacher.text(pack.txt)
-                    public = torch.cat([a_img, a_txt, protos]) if cfg.use_gmp else None
-                    if cfg.use_gmp:
-                        t_img, t_txt = propagate_groups(t_img, pack.mi, t_txt, pack.mt, pack.slot, public, cfg.gmp)
-                crit = GroupLoss(a_img, a_txt, cfg.cmkd, teacher.cfg.out_dim, g.neighbours, g.pseudo_positives)
-                losses.append(sgd.step(pack, group_targets(t_img * pack.mi[..., None], t_txt * pack.mt[..., None], pack.slot), crit))
+            loss = site.step(sgd, site.sample(generator), momentum_teacher, views, protos, a_img, a_txt, step_no,
+                             cfg.gmp if cfg.use_gmp else None, cfg.cmkd, g.neighbours, g.pseudo_positives)
+            if loss == loss:
+                losses.append(loss)
             if cfg.momentum < 1.0:
                 _ema(momentum_teacher, student, cfg.momentum)
             if average is not None:
@@ -144,5 +109,5 @@ def adapt_grouped(teacher_heads: DualHeads, target: FeatureSet, bank: PublicBank
     log = {"epochs": epochs, "selection": f"fixed schedule, {what}; no target labels read", "privacy_history": history,
            "grouped": {"sample_rate": q, "normaliser": norm, "bins": bins, "prototypes": int(len(protos)),
                        "clip_norm": g.clip_norm, "sensitivity": 2 * g.clip_norm, "noise_multiplier": g.noise_multiplier,
-                       "clipping": sgd.path, "diagnostics": stats.summary()}}
+                       "clipping": sgd.path, "diagnostics": site.stats.summary()}}
     return teacher.eval(), log
