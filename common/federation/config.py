@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 PRIVACY_MODES = ("none", "record", "site")
-LOSS_MODES = ("full", "per-record")
+LOSS_MODES = ("full", "per-record", "grouped")
 PARTITIONS = ("by-identity", "dirichlet", "by-style")
 TRAIN_PARAM_PRESETS = ("last", "all", "norms+biases")
 
@@ -50,6 +50,9 @@ class FedConfig:
     anchors: int = 1024  # source anchors per modality; public, sent once per teacher version
     prototypes: int = 8  # DP k-means prototypes per modality (per-record mode); few, so each has members
     prototype_iters: int = 1  # noisy Lloyd iterations per round; each one is a Gaussian release
+    group_size: int = 8  # grouped mode: target mean group size, which sets the public number of sub-bins per
+    # prototype cell (expected records per step / (prototypes x group-size)); small groups give more clipped signal
+    # per step, a few members give in-group negatives (docs/privacy.md section 4, group clipping)
     prototype_noise: float = 0.0  # their noise multiplier; 0 = automatic: the run's releases cost prototype-budget-share
     # of epsilon (a fixed noise, e.g. 10, cost 1.9 of an epsilon-1 budget over 10 rounds, leaving nothing to train)
     prototype_budget_share: float = 0.25  # share of epsilon the prototype releases may cost (automatic noise); Opacus'
@@ -65,7 +68,7 @@ class FedConfig:
     clip_norm: float = 1.0  # per-record gradient bound (record) or per-site update bound (site)
     sample_rate: float = 0.25  # Poisson rate of DP-SGD at each site; at a fixed epsilon larger batches give a better
     # signal-to-noise ratio (noise std of the mean gradient ~ sigma/(q N), and sigma grows slower than q)
-    accountant: str = "rdp"  # Opacus RDP is primary (DESIGN.md section 4)
+    accountant: str = "rdp"  # Opacus RDP is primary (docs/privacy.md, section 7)
     # --- server-side checks ---
     max_update_norm: float = 0.0  # 0 = automatic (site: clip-norm; otherwise 2 x norm of the broadcast); record-level
     # sites scale their update to this bound before sending (DP noise alone can exceed it)
@@ -101,8 +104,16 @@ class FedConfig:
     # ---- derived -------------------------------------------------------------------------
     @property
     def loss_mode(self) -> str:
-        """The mode name the training code uses ("full" / "per_record")."""
+        """The mode name the training code uses ("full" / "per_record" / "grouped")."""
         return self.mode.replace("-", "_")
+
+    @property
+    def prototype_releases_per_round(self) -> int:
+        """Gaussian releases of DP prototypes per round: per-record mode clusters both modalities, grouped mode the
+        records' caption views only, full mode releases none."""
+        if self.prototypes == 0 or self.prototype_iters == 0 or self.mode == "full":
+            return 0
+        return self.prototype_iters * (1 if self.mode == "grouped" else 2)
 
     @property
     def sampled_per_round(self) -> int:
@@ -115,7 +126,7 @@ class FedConfig:
 
     def prototype_noise_multiplier(self) -> float:
         """Noise of each DP prototype release: prototype-noise if > 0, else the noise at which the whole run's
-        releases (rounds x 2 modalities x prototype-iters) cost prototype-budget-share of epsilon alone."""
+        releases (rounds x `prototype_releases_per_round`) cost prototype-budget-share of epsilon alone."""
         if self.prototype_noise > 0 or self.prototypes == 0 or self.prototype_iters == 0:
             return self.prototype_noise
         from common.privacy.accounting import AccountingError
@@ -123,7 +134,8 @@ class FedConfig:
 
         share = self.prototype_budget_share * self.epsilon
         try:
-            return prototype_noise_for(share, self.delta, self.rounds * 2 * self.prototype_iters, self.accountant)
+            return prototype_noise_for(share, self.delta, self.rounds * max(1, self.prototype_releases_per_round),
+                                       self.accountant)
         except AccountingError as ex:
             raise ConfigError(f"cannot give the DP prototypes epsilon {share:.3g} ({self.prototype_budget_share} of "
                               f"{self.epsilon}) at delta {self.delta:g}: {ex}. Raise prototype-budget-share, set "
@@ -137,11 +149,11 @@ class FedConfig:
         _one_of("mode", self.mode, LOSS_MODES)
         _one_of("partition", self.partition, PARTITIONS)
         _one_of("accountant", self.accountant, ("rdp", "prv"))
-        if self.privacy == "record" and self.mode != "per-record":
+        if self.privacy == "record" and self.mode not in ("per-record", "grouped"):
             raise ConfigError(
-                "privacy=record needs mode=per-record: in full mode a record's loss reads other private records "
-                "(graph edges, in-batch negatives, queue), so the DP-SGD guarantee would not hold; "
-                "use mode=per-record, or privacy=site for the full graph")
+                "privacy=record needs mode=per-record or mode=grouped: in full mode a record's loss reads other "
+                "private records (graph edges, in-batch negatives, queue), so the DP-SGD guarantee would not hold; "
+                "use mode=grouped (the graph inside small groups, group clipping), or privacy=site for the full graph")
         checks = [
             ("sites", self.sites >= 1), ("rounds", self.rounds >= 1), ("local-steps", self.local_steps >= 1),
             ("sites-per-round", 0 <= self.sites_per_round <= self.sites),
@@ -150,6 +162,7 @@ class FedConfig:
             ("clip-norm", self.clip_norm > 0), ("sample-rate", 0 < self.sample_rate <= 1),
             ("teacher-momentum", 0 <= self.teacher_momentum <= 1), ("anchors", self.anchors >= 1),
             ("prototypes", self.prototypes >= 0), ("prototype-iters", self.prototype_iters >= 0),
+            ("group-size", self.group_size >= 1),
             ("prototype-noise", self.prototype_noise >= 0 and math.isfinite(self.prototype_noise)),
             ("prototype-budget-share", 0 < self.prototype_budget_share < 1),
             ("alpha", self.alpha > 0), ("lr", self.lr >= 0), ("batch-size", self.batch_size >= 1),

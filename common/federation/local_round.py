@@ -8,6 +8,10 @@ broadcast anchors (plus DP prototypes in per-record mode).
   Opacus DP-SGD (`train_record_level`: Poisson sampling, ghost clipping).
   The DP k-means prototype releases and the DP-SGD steps are both returned
   as ledger spends.
+- privacy ``record`` in ``grouped`` mode: the full GCKD objective inside small
+  groups keyed by the round's DP prototypes (released and returned as a spend)
+  and a keyed hash, under group clipping (`common.train.grouped_site`,
+  Delta = 2C): both heads train.
 - privacy ``none`` / ``site``: the one-machine GCKD loop (`adapt`) for
   ``local_steps`` steps from the global student, any mode. Under ``site`` the
   caller clips the update (and the server adds the noise).
@@ -31,7 +35,11 @@ from common.models.feature_cache import FeatureSet
 from common.models.heads import DualHeads
 from common.privacy.accounting import merge_history
 from common.privacy.ledger import Spend
+from common.graph.gmp import GMPConfig
 from common.train.adapt import AdaptConfig, adapt, refine
+from common.train.grouped_dp import GroupClippedSGD
+from common.train.grouped_keys import default_bins
+from common.train.grouped_site import GroupedSite, record_views, release_prototypes
 from common.train.record_level_dp import RecordLevelConfig, train_record_level
 from common.train.record_pack import RecordLoss, RecordPack, pack_texts, teacher_targets
 from common.train.site_context import build_site_context
@@ -68,8 +76,8 @@ def run_local_round(student: DualHeads, teacher: DualHeads, anchor_images: torch
     """Train `student` (in place for record-level DP) and return its trained arrays."""
     if (site.image_pids >= 0).any() or (site.text_pids >= 0).any():
         raise ValueError("a site's training must not see identity labels: pass FeatureSet.without_labels()")
-    if cfg.privacy == "record" and cfg.loss_mode != "per_record":
-        raise ValueError("record-level DP runs only in per-record mode")
+    if cfg.privacy == "record" and cfg.loss_mode not in ("per_record", "grouped"):
+        raise ValueError("record-level DP runs only in per-record or grouped mode")
     torch.manual_seed(seed)
     # Under DP the noise and the Poisson sampling must be unpredictable: a generator seeded from the
     # run's seed would let anyone who knows it subtract the noise. (torch's generator is not a CSPRNG;
@@ -78,6 +86,8 @@ def run_local_round(student: DualHeads, teacher: DualHeads, anchor_images: torch
     set_trainable(student, names)
     bank = FixedAnchors(anchor_images, anchor_texts)
     acfg = adapt_config(cfg, seed)
+    if cfg.privacy == "record" and cfg.loss_mode == "grouped":
+        return _grouped_round(student, teacher, anchor_images, anchor_texts, site, cfg, dp_sgd_noise, gen, names, seed)
     if cfg.privacy != "record":
         trained, log = adapt(teacher, site, bank, acfg, student=student, steps=cfg.local_steps)
         return LocalResult(get_arrays(trained, names), [], float(log["epochs"][-1]["loss"]) if log["epochs"] else float("nan"))
@@ -94,3 +104,28 @@ def run_local_round(student: DualHeads, teacher: DualHeads, anchor_images: torch
     spends = [Spend("dp-kmeans-prototypes", s, q, n) for s, q, n in merge_history(ctx.privacy_history)]
     spends += [Spend("dp-sgd", s, q, n, cfg.clip_norm) for s, q, n in history]
     return LocalResult(get_arrays(student, names), spends, float(stats["loss"]))
+
+
+def _grouped_round(student: DualHeads, teacher: DualHeads, anchor_images: torch.Tensor, anchor_texts: torch.Tensor,
+                   site: FeatureSet, cfg: FedConfig, sigma: float, gen: torch.Generator, names: list[str], seed: int) -> LocalResult:
+    """Grouped mode under record-level DP: this round's DP prototypes, then ``local-steps`` group-clipped steps."""
+    n = site.n_images
+    teacher = teacher.eval()
+    views = record_views(teacher, site)
+    z_p = cfg.prototype_noise_multiplier() if cfg.prototype_releases_per_round else 0.0
+    protos, entries = release_prototypes(views, anchor_texts, cfg.prototypes if z_p else 0, cfg.prototype_iters, z_p, gen)
+    expected = cfg.sample_rate * n
+    gsite = GroupedSite.build(site, cfg.sample_rate, default_bins(expected, cfg.prototypes, cfg.group_size),
+                              f"fedgckd-grouped-{seed}".encode())
+    opt = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=cfg.lr or SGD_LR, momentum=0.9)
+    # divided by the expected number of groups of the target size: a public constant, as DP-SGD's expected batch
+    sgd = GroupClippedSGD(student, opt, cfg.clip_norm, sigma, max(1.0, expected / cfg.group_size), gen)
+    student.train()
+    losses = [gsite.step(sgd, gsite.sample(gen), teacher, views, protos, anchor_images, anchor_texts, s, GMPConfig(),
+                         CMKDConfig(), 2, True) for s in range(cfg.local_steps)]
+    sgd.close()
+    student.eval()
+    spends = [Spend("dp-kmeans-prototypes", s, q, k) for s, q, k in merge_history(entries)]
+    spends.append(Spend("dp-sgd-grouped", sigma, cfg.sample_rate, cfg.local_steps, cfg.clip_norm))
+    done = [x for x in losses if x == x]
+    return LocalResult(get_arrays(student, names), spends, sum(done) / len(done) if done else float("nan"))

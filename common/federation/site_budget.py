@@ -95,7 +95,7 @@ def _record_spends(led: SiteLedger, cfg: FedConfig, server_round: int) -> tuple[
 def record_spends(cfg: FedConfig, budget: float, delta: float, accountant: str, history, server_round: int
                   ) -> tuple[list[Spend], float]:
     """The round's record-level mechanisms (DP prototypes, DP-SGD) and the DP-SGD noise, for a site with `history`."""
-    iters = 2 * cfg.prototype_iters if cfg.prototypes > 0 else 0  # one release per modality and iteration
+    iters = cfg.prototype_releases_per_round  # per-record: one release per modality and iteration; grouped: one
     proto_noise = cfg.prototype_noise_multiplier() if iters else 0.0
     protos = [Spend("dp-kmeans-prototypes", proto_noise, 1.0, iters)] if iters else []
     if cfg.noise_multiplier > 0:
@@ -105,7 +105,8 @@ def record_spends(cfg: FedConfig, budget: float, delta: float, accountant: str, 
         sigma = plan_record_level(budget, delta, remaining, cfg.local_steps, cfg.sample_rate,
                                   prototype_iters_per_round=iters, prototype_noise=proto_noise,
                                   accountant=accountant, prior_history=history).dp_sgd_noise_multiplier
-    return protos + [Spend("dp-sgd", sigma, cfg.sample_rate, cfg.local_steps, cfg.clip_norm)], sigma
+    mechanism = "dp-sgd-grouped" if cfg.mode == "grouped" else "dp-sgd"  # group clipping: Delta = 2C
+    return protos + [Spend(mechanism, sigma, cfg.sample_rate, cfg.local_steps, cfg.clip_norm)], sigma
 
 
 def check_continuity(led: SiteLedger | None, entries_in_state: int) -> None:

@@ -1,0 +1,87 @@
+"""Grouped mode in the federation: the run config admits it under record-level DP, a site trains it (both heads) and
+its ledger names the mechanism and its Delta = 2C, and a whole `fedgckd simulate --mode grouped --privacy record`
+run ends with a ledger and an audit that say the same."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from fed_support import TARGET, shared_bench  # first: sets Flower's environment (telemetry off) before flwr is imported
+
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
+from client.app import app as client_app  # noqa: E402
+from common.federation.config import ConfigError, FedConfig  # noqa: E402
+from common.privacy.accounting import compute_epsilon  # noqa: E402
+from common.privacy.ledger import SiteLedger  # noqa: E402
+
+pytestmark = [pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta:UserWarning")]
+TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+
+
+def test_run_config_admits_grouped_under_record_privacy_and_counts_its_prototype_releases():
+    cfg = FedConfig(privacy="record", mode="grouped", prototypes=8, prototype_iters=2, rounds=5).validate()
+    assert cfg.loss_mode == "grouped" and cfg.prototype_releases_per_round == 2  # captions only
+    assert FedConfig(mode="per-record", prototypes=8, prototype_iters=2).prototype_releases_per_round == 4
+    with pytest.raises(ConfigError, match="mode=grouped"):
+        FedConfig(privacy="record", mode="full").validate()
+    with pytest.raises(ConfigError, match="group-size"):
+        FedConfig(mode="grouped", group_size=0).validate()
+    # the automatic prototype noise spends the prototype share of epsilon on grouped mode's releases
+    z = cfg.prototype_noise_multiplier()
+    eps = compute_epsilon([(z, 1.0, 5 * 2)], cfg.delta).epsilon
+    assert eps == pytest.approx(cfg.prototype_budget_share * cfg.epsilon, rel=2e-3)
+
+
+def test_a_grouped_site_trains_both_heads_and_ledgers_group_clipping(tmp_path):
+    from test_fed_client import assert_nothing_else_leaves, ctx, query, server, train
+
+    bench = shared_bench()
+    rc = bench.run_config(tmp_path, privacy="record", mode="grouped", **{"group-size": 3})
+    task = server(bench, rc)
+    expected = {n: tuple(p.shape) for n, p in task.teacher.named_parameters() if n in task.names}
+    assert any(n.startswith("text_head.") for n in expected) and any(n.startswith("image_head.") for n in expected)
+    context = ctx(rc)
+    client_app(query(task), context)
+    reply = client_app(train(task), context)
+    assert_nothing_else_leaves(reply, expected, [])
+    assert dict(reply.content["metrics"])["status"] == 0
+    led = SiteLedger.load(tmp_path / "sites" / "site-0" / "ledger-record.json")
+    rows = [(e.mechanism, e.steps, e.sensitivity, e.clip_norm, e.status) for e in led.entries]
+    c = task.cfg.clip_norm
+    assert rows == [("dp-kmeans-prototypes", task.cfg.prototype_iters, pytest.approx(2 ** 0.5), None, "trained"),
+                    ("dp-sgd-grouped", task.cfg.local_steps, pytest.approx(2 * c), c, "trained")]
+    assert 0 < led.epsilon() <= task.cfg.epsilon
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_simulate_grouped_record_level_writes_ledger_and_audit(tmp_path, monkeypatch):
+    import platform
+
+    from fedgckd.cli import app
+
+    monkeypatch.setattr(platform, "architecture", lambda *a, **k: ("64bit", "ELF"))  # see test_fed_simulation.py
+    bench, out = shared_bench(), tmp_path / "run"
+    args = ["simulate", "--data", str(bench.data), "--teacher", str(bench.teacher), "--target", TARGET, "--sites", "2",
+            "--rounds", "1", "--out", str(out), "--cache", str(bench.cache), "--cpus", "1", "--local-steps", "2",
+            "--sample-rate", "0.5", "--mode", "grouped", "--privacy", "record", "--epsilon", "8", "--delta", "1e-5",
+            "--set", "anchors=64", "--set", "prototypes=4", "--set", "group-size=3"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    ledger = json.loads((out / "ledger.json").read_text())
+    for site in ("site-0", "site-1"):
+        rows = ledger["sites"][site]
+        grouped = [e for e in rows if e["mechanism"] == "dp-sgd-grouped"]
+        assert len(grouped) == 1 and grouped[0]["sensitivity"] == pytest.approx(2 * grouped[0]["clip_norm"])
+        assert 0 < ledger["final_epsilon"][site] <= 8.0
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["checks"]["ok"]
+    assert "dp-sgd-grouped" in {m["name"] for m in audit["privacy"]["mechanisms"]}
+    import gc
+
+    gc.collect()
