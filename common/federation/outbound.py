@@ -1,4 +1,4 @@
-"""What may leave a site (DESIGN.md section 3): the schema every reply is checked against.
+"""What may leave a site (docs/privacy.md, section 3): the schema every reply is checked against.
 
 A reply may carry
 - one array record: exactly the configured trainable student parameters

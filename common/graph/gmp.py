@@ -24,7 +24,7 @@ refined embedding inherits its image's neighbourhood (and vice versa).
 In ``per_record`` mode a target node's neighbours are its own record's nodes
 and public nodes only, so the refined embedding of a record is a function of
 that record alone plus public data: the decomposition that record-level DP
-needs (DESIGN.md section 4). Tests check this.
+needs (docs/privacy.md, section 4). Tests check this.
 """
 
 from __future__ import annotations

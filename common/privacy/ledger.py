@@ -107,7 +107,7 @@ class SiteLedger:
     unit: str
     delta: float
     budget: float
-    # DESIGN.md: Opacus' RDP accountant is primary; its bound is what the site enforces.
+    # docs/privacy.md, section 7: Opacus' RDP accountant is primary; its bound is what the site enforces.
     accountant: str = "rdp"
     # A new ledger has spent nothing; a loaded one carries its history in.
     history: list[Entry] = field(default_factory=list)

@@ -1,4 +1,4 @@
-"""Site-level DP accounting (DESIGN.md section 4): the unit is a site's whole dataset.
+"""Site-level DP accounting (docs/privacy.md, section 6): the unit is a site's whole dataset.
 
 Privacy unit: one site. Neighbouring relation: add/remove one site (all of
 its records at once) from the federation.

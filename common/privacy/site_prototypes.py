@@ -1,4 +1,4 @@
-"""DP release of a site's structure: noisy spherical k-means prototypes (DESIGN.md section 4).
+"""DP release of a site's structure: noisy spherical k-means prototypes (docs/privacy.md, section 4).
 
 Privacy unit: one image-caption record at this site.
 Neighbouring relation: add/remove one record (its teacher embedding, one row

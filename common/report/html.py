@@ -3,7 +3,8 @@
 Element ids and classes a reader (or a test) can rely on: ``#verdicts`` (one
 ``tr.site-row[data-site]`` per site), ``#epsilon-plot`` (the figure),
 ``#flags``, ``#rounds`` (per-entry mechanism table), ``#empirical``,
-``#config`` and ``#code``.
+``#person-level`` (epsilon for a person with k records at one site), ``#config``
+and ``#code``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 from html import escape
 
 from common.report.plots import empirical_plot, epsilon_plot
-from common.report.wording import ACCOUNTANT_NAME, VERDICTS, eps_label, fmt
+from common.report.wording import ACCOUNTANT_NAME, VERDICTS, eps_label, fmt, person_label
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1100px;color:#1b1b1b}
@@ -50,11 +51,14 @@ def _privacy(a: dict) -> str:
     items = [f'<p class="statement">{_e(p["statement"])}</p>']
     if p["unit"]:
         items.append("<table>" + _head("unit", "neighbouring relation", "delta", "budget per site",
-                                       "accountant (enforced)", "second accountant") +
+                                       "accountant (enforced)", "second accountant", "bracket (another library)") +
                      _row([_e(p["unit"]), _e(p["neighbouring"]), (0, f"{p['delta']:g}"), (0, fmt(p["budget"])),
-                           _e(ACCOUNTANT_NAME.get(p["accountant"], p["accountant"])), "Opacus PRV"]) + "</table>")
+                           _e(ACCOUNTANT_NAME.get(p["accountant"], p["accountant"])), "Opacus PRV",
+                           _e(p.get("bracket", ""))]) + "</table>")
         mech = "".join(f"<li><b>{_e(m['name'])}</b>: {_e(m['description'])}</li>" for m in p["mechanisms"])
         items.append(f"<ul>{mech}</ul>" if mech else "")
+        assumed = "".join(f"<li>{_e(x)}</li>" for x in p.get("assumptions", []))
+        items.append(f'<p>The claim assumes:</p><ul id="assumptions">{assumed}</ul>' if assumed else "")
     return "\n".join(items)
 
 
@@ -64,13 +68,42 @@ def _verdicts(a: dict) -> str:
         value = math.inf if s.get("epsilon_infinite") else s.get("epsilon")
         eps = "n/a" if s.get("unit") is None else eps_label(value, s["unit"], s["delta"], s["accountant"])
         prv = fmt(s.get("epsilon_prv")) if s.get("epsilon_prv") is not None else _e(s.get("prv_error") or "n/a")
+        before = (f'{fmt(s.get("epsilon_prior"))} ({s["prior_runs"]} run(s))' if s.get("prior_runs") else "none")
         rows.append(_row([f"<b>{_e(s['site'])}</b>", f'<span class="badge {_e(s["verdict"])}">'
-                          f'{_e(VERDICTS[s["verdict"]])}</span>', _e(eps), prv, (0, fmt(s.get("budget"))),
-                          _e(", ".join(map(str, s["rounds_trained"])) or "-"),
+                          f'{_e(VERDICTS[s["verdict"]])}</span>', _e(eps), (0, before),
+                          (0, fmt(s.get("epsilon_this_run"))), (0, fmt(s.get("epsilon_pld"))), prv,
+                          (0, fmt(s.get("budget"))), _e(", ".join(map(str, s["rounds_trained"])) or "-"),
                           _e(", ".join(map(str, s["rounds_refused"])) or "-"), _e(s["reason"])],
                          "site-row", f' data-site="{_e(s["site"])}"'))
-    return ('<table id="verdicts">' + _head("site", "verdict", "epsilon spent", "Opacus PRV recomputation (same unit and delta)", "budget",
-                                            "rounds trained", "rounds refused", "why") + "".join(rows) + "</table>")
+    return ('<table id="verdicts">' + _head("site", "verdict", "epsilon spent (the site's whole history)",
+                                            "earlier runs alone", "this run alone", "dp-accounting PLD (whole)",
+                                            "Opacus PRV (whole)", "budget", "rounds trained", "rounds refused", "why")
+            + "".join(rows) + "</table>" +
+            '<p class="muted">All epsilons of a row share its unit, delta and add/remove relation. Earlier runs and '
+            'this run are each composed alone with Opacus RDP; together they compose to the spent epsilon (they '
+            'do not add). PLD is the tightest bound (pessimistic estimate).</p>')
+
+
+def _person(a: dict) -> str:
+    rows = []
+    for s in a["sites"]:
+        p = s.get("person_level")
+        if not p:
+            continue
+        if not p["sizes"]:
+            rows.append(_row([f"<b>{_e(s['site'])}</b>", _e(p["method"]), "", "", ""]))
+            continue
+        cells = [_e(person_label(x["epsilon"], x["k"], p["delta"])) if x["error"] is None and not x["epsilon_infinite"]
+                 else _e("inf (no noise)" if x["epsilon_infinite"] else x["error"]) for x in p["sizes"]]
+        rows.append(_row([f"<b>{_e(s['site'])}</b>", _e(eps_label(s.get("epsilon"), s["unit"], s["delta"],
+                                                                   s["accountant"]))] + cells))
+    if not rows:
+        return '<p id="person-level">No record-level account: no person-level reading.</p>'
+    method = next(s["person_level"]["method"] for s in a["sites"] if s.get("person_level"))
+    return ('<table id="person-level">' + _head("site", "one record", "person with 2 records", "3 records",
+                                                "5 records") + "".join(rows) + "</table>" +
+            f'<p class="muted">Group privacy for add/remove of k records of one site. Method: {_e(method)} '
+            '(docs/audit.md).</p>')
 
 
 def _flags(a: dict) -> str:
@@ -78,7 +111,9 @@ def _flags(a: dict) -> str:
     head = (f'<p>Ledger consistency: every stored epsilon must equal its recomputation from the raw history to '
             f'{c["ledger_rel_tol"]:g} (relative). Accountant agreement: PRV may exceed RDP by at most '
             f'{c["prv_slack"]:g} (2 x PRV eps_error {c["prv_eps_error"]:g}); both bound the same mechanism and RDP '
-            f'is the looser one.</p>')
+            f'is the looser one. Bracket: every stored epsilon must lie between dp-accounting\'s PLD (a near-tight '
+            f'bound; below its optimistic estimate the claim is certainly too low) and dp-accounting\'s RDP of the '
+            f'same history on the same orders (above it the claim does not follow from its history).</p>')
     if not c["flags"]:
         return head + '<p id="flags" class="ok">No inconsistency found.</p>'
     items = "".join(f'<li class="{"bad" if f["severity"] == "error" else ""}">[{_e(f["kind"])}] '
@@ -93,11 +128,16 @@ def _rounds(a: dict) -> str:
             for i, s in enumerate(r["spends"]):
                 last = i == len(r["spends"]) - 1
                 ran = s["mechanism"] != "none"  # a refused or skipped round released nothing
+                bracket = s.get("bracket", "ok")
                 rows.append(_row([_e(acc["site"]), _e(acc["keeper"]), (0, r["round"]), _e(s["mechanism"]),
                                   _e(s["status"]), (0, fmt(s["noise_multiplier"]) if ran else "-"),
-                                  (0, fmt(s["clip_norm"]) if ran else "-"), (0, fmt(s["sample_rate"]) if ran else "-"),
+                                  (0, fmt(s["clip_norm"]) if ran else "-"),
+                                  (0, fmt(s.get("sensitivity")) if ran else "-"),
+                                  (0, fmt(s["sample_rate"]) if ran else "-"),
                                   (0, s["steps"] if ran else "-"),
                                   (0, "inf" if s["epsilon_ledger_infinite"] else fmt(s["epsilon_ledger"], 6)),
+                                  (0, fmt(s.get("epsilon_pld"), 6)), (0, fmt(s.get("epsilon_rdp_dpa"), 6)),
+                                  f'<span class="{"ok" if bracket == "ok" else "bad"}">{_e(bracket)}</span>',
                                   (0, fmt(r["epsilon_rdp"], 6) if last else ""),
                                   (0, (fmt(r["epsilon_prv"], 6) if r["epsilon_prv"] is not None else "n/a") if last else ""),
                                   (0, fmt(r["budget_left"]) if last else "")]))
@@ -109,7 +149,8 @@ def _rounds(a: dict) -> str:
     note_html = "".join(f"<li>{_e(n)}</li>" for n in notes)
     unit = "/".join(sorted({acc["unit"] for acc in a["accounts"]})) or "-"
     return ('<table id="rounds">' + _head("site", "ledger", "round", "mechanism", "status", "noise multiplier",
-                                          "clip norm", "sample rate", "steps", "epsilon (ledger)",
+                                          "clip norm", "sensitivity Delta", "sample rate", "steps", "epsilon (ledger)",
+                                          "PLD (dp-accounting)", "RDP (dp-accounting)", "bracket",
                                           "epsilon RDP (recomputed)", "epsilon PRV (recomputed)", "budget left")
             + "".join(rows) + "</table>" +
             f'<p class="muted">Epsilons are cumulative after the entry/round, {unit}-level, at the delta above.</p>'
@@ -175,6 +216,7 @@ def render_html(audit: dict) -> str:
 <p>Status: {status}</p>
 <h2>Privacy guarantee</h2>{_privacy(audit)}
 <h2>Verdict per site</h2>{_verdicts(audit)}
+<h2>Person-level reading</h2>{_person(audit)}
 <h2>Epsilon over rounds</h2><figure id="epsilon-plot">{plot}</figure>
 <p class="muted">Lines: Opacus RDP recomputed from each ledger's raw history (sites with identical spending draw
 one line over another); crosses: Opacus PRV; dotted red: budgets.</p>

@@ -27,16 +27,19 @@ Top level
   ``neighbouring`` (the relation in words), ``statement`` (the guarantee in
   plain words), ``delta``, ``budget`` (per-site epsilon budget of the run
   config), ``accountant`` (the one enforced, normally rdp),
-  ``second_accountant`` ("prv"), ``mechanisms`` ([{name, description}] of the
-  mechanisms in the ledgers), ``header`` (the server's privacy header as is).
+  ``second_accountant`` ("prv"), ``bracket`` (the other library's check, in
+  words), ``mechanisms`` ([{name, description}] of the mechanisms in the
+  ledgers), ``assumptions`` ([str]: what the claim rests on besides the
+  mathematics), ``header`` (the server's privacy header as is).
 - ``sites``: one object per site the run knew of (see Sites).
 - ``accounts``: one object per ledger (see Accounts).
 - ``checks``: ``ledger_rel_tol`` (1e-6), ``prv_slack`` (0.02),
   ``prv_eps_error``, ``max_prv_evaluations``, ``flags`` ([{site, keeper,
   round, kind, severity, message}]; kinds: ledger-inconsistent,
   accountants-disagree, over-budget, unit-mismatch, delta-mismatch,
-  empirical-inconsistent, empirical-exceeds-accounted), ``ok`` (no flag of
-  severity "error").
+  below-pld, above-rdp (a ledger row outside the dp-accounting bracket),
+  within-discretisation (a warning), empirical-inconsistent,
+  empirical-exceeds-accounted), ``ok`` (no flag of severity "error").
 - ``empirical``: null, or the empirical audit (see Empirical).
 
 Sites (the verdicts)
@@ -49,9 +52,15 @@ Sites (the verdicts)
 - ``keeper``: which ledger the verdict reads ("site": the site's own).
 - ``unit``, ``delta``, ``budget``, ``accountant``.
 - ``epsilon``: final epsilon, recomputed from the raw history by the keeper's
-  accountant; ``epsilon_infinite``; ``epsilon_prv`` / ``prv_error``: the PRV
+  accountant: the site's whole history (earlier runs over the same state
+  folder, this run, and any later runs), equal to the site's own ledger;
+  ``epsilon_infinite``; ``epsilon_prv`` / ``prv_error``: the PRV
   recomputation or why there is none; ``server_epsilon``: the server's
   account of the same site (site-level DP), else null.
+- ``epsilon_prior`` / ``prior_runs``: earlier runs' spending alone (Opacus
+  RDP) and how many runs; ``epsilon_this_run``: this run's spending alone;
+  ``epsilon_pld``: dp-accounting's PLD of the whole history;
+  ``person_level``: see Accounts.
 - ``rounds_trained``, ``rounds_refused``: round numbers; ``events``: this site's events.
 
 Accounts (one ledger kept by one keeper)
@@ -60,15 +69,28 @@ Accounts (one ledger kept by one keeper)
 - ``epsilon`` / ``epsilon_infinite``: as in Sites; ``epsilon_rdp``,
   ``epsilon_prv``, ``prv_error``: both recomputations of the final state;
   ``epsilon_ledger``: the last epsilon the ledger stored; ``epsilon_prior_rdp``:
-  epsilon of the spending before this run.
+  epsilon of the spending before this run; ``prior_runs``; ``run_key`` (this
+  run's key, "" for ledgers without keys); ``epsilon_this_run_rdp``: this
+  run's spending alone; ``epsilon_later_rdp``: later runs' (null if none);
+  ``later_history``: their history; ``epsilon_pld`` / ``pld_error``:
+  dp-accounting's PLD of the whole history or why there is none.
+- ``person_level``: null (the server's own ledger), or {``unit``,
+  ``method`` (in words, with its citation), ``delta``, ``sizes``: [{``k``,
+  ``epsilon`` (add/remove of k records of one site, dp-accounting PLD of the
+  mixture-of-Gaussians pair), ``epsilon_infinite``, ``error``}]} (empty
+  ``sizes`` under site-level DP: the unit covers every record of the site).
 - ``next_round_epsilon``: epsilon after one more round like the last one that
   spent anything (null if none, or infinite); ``next_round_exceeds_budget``.
 - ``prior_source``: where spending before this run was looked for;
   ``prior_history``: it, as [noise_multiplier, sample_rate, steps];
   ``history``: the whole composed history; ``notes``: anything unusual.
 - ``rounds``: [{``round``, ``spends`` ([{mechanism, noise_multiplier,
-  clip_norm (null: the mechanism does not clip), sample_rate, steps, status,
-  epsilon_ledger (stored, cumulative), epsilon_ledger_infinite}]),
+  clip_norm (null: the mechanism does not clip), sensitivity (Delta, the
+  noise is noise_multiplier x Delta), sample_rate, steps, status, run_key,
+  epsilon_ledger (stored, cumulative), epsilon_ledger_infinite, epsilon_pld
+  and epsilon_rdp_dpa (dp-accounting's PLD and RDP of the history through
+  this row), bracket ("ok" | "below-pld" | "above-rdp" |
+  "within-discretisation" | "not-checked"), bracket_reason}]),
   ``epsilon_rdp`` / ``epsilon_rdp_infinite`` / ``rdp_warnings`` (Opacus RDP
   after the round), ``epsilon_prv`` / ``prv_error`` (Opacus PRV after the
   round), ``budget_left`` (budget minus the enforced accountant's epsilon)}].

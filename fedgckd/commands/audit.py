@@ -38,15 +38,15 @@ def print_summary(audit: dict, json_path: Path, html_path: Path) -> None:
     console.print(f"checks: {'ok' if audit['checks']['ok'] else 'FAILED'}; wrote {json_path} and {html_path}")
 
 
-def write_run_audit(run_dir: Path) -> None:
+def write_run_audit(run_dir: Path) -> dict | None:
     """`fedgckd simulate` calls this at the end of every run (a failed one too): the run's code version
-    (provenance.json), audit.json and audit.html in the run folder."""
+    (provenance.json), audit.json and audit.html in the run folder. Returns the audit (None: no ledger)."""
     from common.report.provenance import record_run_provenance
     from common.report.write import write_audit
 
     if not (Path(run_dir) / "ledger.json").exists():
         console.print(f"[bold red]no privacy audit:[/] {run_dir} holds no ledger.json")
-        return
+        return None
     try:
         record_run_provenance(run_dir)
         with progress_bar(AUDIT_BAR) as bar:
@@ -55,6 +55,7 @@ def write_run_audit(run_dir: Path) -> None:
         console.print(f"[bold red]privacy audit failed:[/] {type(ex).__name__}: {ex}")
         raise typer.Exit(1) from None
     print_summary(report, json_path, html_path)
+    return report
 
 
 def audit(

@@ -38,11 +38,31 @@ def register(app: typer.Typer) -> None:
     app.command()(demo)
 
 
+def _clear_earlier_run(run_dir: Path, force: bool) -> None:
+    """Refuse (exit 2) a --out whose federated run exists, or with --force delete that run (sites' ledgers too)."""
+    import shutil
+
+    from fedgckd.commands.run_folder import RUN_FILES
+
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if not found:
+        return
+    if not force:
+        console.print(f"[bold red]error:[/] {run_dir} already holds a demo run ({', '.join(found)}), and its simulated "
+                      "sites' ledgers already hold what it spent: a second run into it would be refused by every site "
+                      "whose budget is spent. Choose a new --out, or pass --force to delete the earlier demo run "
+                      "(its simulated sites' ledgers included) and run again.", soft_wrap=True)
+        raise typer.Exit(2)
+    console.print(f"--force: deleting the earlier demo run {run_dir} (its simulated sites' ledgers included)")
+    shutil.rmtree(run_dir)
+
+
 def demo(
     out: Path = typer.Option(Path("demo"), "--out", help="Folder for the demo's data, checkpoints and reports."),
     backbone: str = typer.Option("tiny", "--backbone", help="tiny (fast, random towers) or minilm-effnet (real towers, slower)."),
     profile: str = typer.Option("tiny", "--profile", help="Benchmark size: tiny or default."),
     seed: int = typer.Option(0, "--seed"),
+    force: bool = typer.Option(False, "--force", help="Replace a demo already in --out: its federated run, with the simulated sites' ledgers, is deleted first (the data is regenerated anyway)."),
 ) -> None:
     """Synthesise a benchmark, pretrain a teacher on one domain, evaluate it everywhere, adapt it to another domain."""
     from common.data.registry import available_domains
@@ -51,6 +71,7 @@ def demo(
     from fedgckd.commands.train import evaluate, pretrain
 
     data, cache = out / "data", out / "cache"
+    _clear_earlier_run(out / "federated", force)
     console.rule("1. generate the embedded benchmark")
     synth(out=data, seed=seed, profile=profile, workers=None)
     domains = available_domains(data)

@@ -51,15 +51,22 @@ def simulate(
     cpus: int = typer.Option(None, "--cpus", help="CPUs for the simulation engine (default: min(cores, sites))."),
     cache: Path = typer.Option(None, "--cache", help=CACHE_HELP),
     verbose: bool = typer.Option(False, "--verbose", help="Show Flower's INFO log."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the run already in --out (its model, metrics, ledger and audit). The sites' ledgers continue: what the earlier run spent still counts."),
 ) -> None:
     """Federated GCKD adaptation: a server, SITES simulated sites, ROUNDS rounds, under the chosen privacy."""
     from common.federation.config import FedConfig
     from fedgckd.commands.audit import write_run_audit
+    from fedgckd.commands.run_folder import existing_run_refusal, run_failure
     from simulations.runner import SimulationFailed, prepare, resume_config, simulate as run
 
     if resume is None and None in (data, teacher, target, out):
         console.print("[bold red]error:[/] --data, --teacher, --target and --out are required (or --resume RUN_DIR)")
         raise typer.Exit(2)
+    if resume is None:
+        refusal = existing_run_refusal(out, state_dir, force)
+        if refusal:
+            console.print(f"[bold red]error:[/] {refusal}", soft_wrap=True)
+            raise typer.Exit(2)
     given = {"data-dir": str(data), "teacher": str(teacher), "target": target, "out-dir": str(out), "sites": sites,
              "rounds": rounds, "privacy": privacy, "epsilon": epsilon, "delta": delta, "mode": mode,
              "backbone": backbone, "sites-per-round": sites_per_round, "local-steps": local_steps,
@@ -95,7 +102,11 @@ def simulate(
             write_run_audit(out)  # the privacy spent by the rounds that did run
             raise typer.Exit(1) from None
     _report(result, out)
-    write_run_audit(out)
+    failure = run_failure(result, write_run_audit(out))
+    if failure:
+        console.print(f"[bold red]run failed:[/] {failure}", soft_wrap=True)
+        raise typer.Exit(1)
+
 
 
 def _resume_note(run_dir: Path, rounds: int) -> int:
