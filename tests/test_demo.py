@@ -24,6 +24,10 @@ def test_demo_runs_every_stage_and_ends_with_an_audited_record_level_run(tmp_pat
     assert ledger["privacy"]["unit"] == "record" and ledger["privacy"]["delta"] == 1e-5
     audit = json.loads((out / "federated" / "audit.json").read_text())
     assert audit["checks"]["ok"] is True and audit["checks"]["flags"] == []
+    # every ledger row sits inside the second library's bracket: dp-accounting PLD <= claimed <= its RDP
+    rows = [s for a in audit["accounts"] for r in a["rounds"] for s in r["spends"] if s["mechanism"] != "none"]
+    assert rows and all(s["bracket"] == "ok" and s["epsilon_pld"] <= s["epsilon_ledger"] <= s["epsilon_rdp_dpa"] * (1 + 1e-9)
+                        for s in rows)
     said = " ".join((r.stdout + r.stderr).split())
     # a newcomer's output: no engine noise, no raw colour codes in a log, the tiny profile's caveat, one byte count
     assert "DEPRECATED" not in said and "fraction_evaluate" not in said and "\x1b[" not in r.stderr
