@@ -18,7 +18,8 @@ from common.losses.cmkd import CMKDConfig
 from common.losses.grouped_loss import GroupLoss, GroupPack, group_targets, mutual_in_group
 from common.models.heads import DualHeads, HeadConfig
 from common.train.grouped_dp import GroupClippedSGD
-from common.train.grouped_keys import GroupStats, default_bins, group_keys, groups_of, record_uids, sub_bins
+from common.train.grouped_keys import (GroupStats, bins_per_prototype, default_bins, group_keys, groups_of, record_uids,
+                                       sub_bins)
 
 DT, DI, D = 10, 12, 8
 
@@ -177,6 +178,12 @@ def test_keys_are_functions_of_the_record_alone():
     ids = groups_of(torch.tensor([7, 3, 7, 9]))
     assert ids.tolist() == [1, 0, 1, 2]
     assert default_bins(512, 16, 8) == 4 and default_bins(10, 16, 8) == 1
+    per_cell = bins_per_prototype(torch.tensor([400.0, -3.0, 8.0, 1e6]), 0.25, 8)  # noisy counts: public
+    assert per_cell.tolist() == [12, 1, 1, 64]
+    keys = group_keys(views, protos, uids, 7, torch.tensor([1, 2, 1, 3, 2]))  # cells own key ranges 0, 1-2, 3, 4-6, 7-8
+    cell = (F.normalize(views.double(), dim=1) @ F.normalize(protos.double(), dim=1).T).argmax(1)
+    lo, hi = torch.tensor([0, 1, 3, 4, 7])[cell], torch.tensor([0, 2, 3, 6, 8])[cell]
+    assert ((keys >= lo) & (keys <= hi)).all()
 
 
 def test_group_stats_summary():

@@ -37,8 +37,9 @@ from common.privacy.accounting import merge_history
 from common.privacy.ledger import Spend
 from common.graph.gmp import GMPConfig
 from common.train.adapt import AdaptConfig, adapt, refine
+from common.train.grouped_adapt import cell_bins
+from common.train.grouped_config import GroupedConfig
 from common.train.grouped_dp import GroupClippedSGD
-from common.train.grouped_keys import default_bins
 from common.train.grouped_site import GroupedSite, record_views, release_prototypes
 from common.train.record_level_dp import RecordLevelConfig, train_record_level
 from common.train.record_pack import RecordLoss, RecordPack, pack_texts, teacher_targets
@@ -113,10 +114,11 @@ def _grouped_round(student: DualHeads, teacher: DualHeads, anchor_images: torch.
     teacher = teacher.eval()
     views = record_views(teacher, site)
     z_p = cfg.prototype_noise_multiplier() if cfg.prototype_releases_per_round else 0.0
-    protos, entries = release_prototypes(views, anchor_texts, cfg.prototypes if z_p else 0, cfg.prototype_iters, z_p, gen)
+    protos, counts, entries = release_prototypes(views, anchor_texts, cfg.prototypes if z_p else 0, cfg.prototype_iters,
+                                                 z_p, gen)
     expected = cfg.sample_rate * n
-    gsite = GroupedSite.build(site, cfg.sample_rate, default_bins(expected, cfg.prototypes, cfg.group_size),
-                              f"fedgckd-grouped-{seed}".encode())
+    bins = cell_bins(GroupedConfig(group_size=cfg.group_size), cfg.sample_rate, n, counts)
+    gsite = GroupedSite.build(site, cfg.sample_rate, bins, f"fedgckd-grouped-{seed}".encode())
     opt = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=cfg.lr or SGD_LR, momentum=0.9)
     # divided by the expected number of groups of the target size: a public constant, as DP-SGD's expected batch
     sgd = GroupClippedSGD(student, opt, cfg.clip_norm, sigma, max(1.0, expected / cfg.group_size), gen)

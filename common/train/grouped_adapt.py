@@ -36,7 +36,7 @@ from common.models.heads import DualHeads
 from common.privacy.accounting import merge_history
 from common.train.grouped_config import GroupedConfig, normaliser, sample_rate
 from common.train.grouped_dp import GroupClippedSGD
-from common.train.grouped_keys import default_bins
+from common.train.grouped_keys import bins_per_prototype, default_bins
 from common.train.grouped_site import GroupedSite, record_views, release_prototypes  # noqa: F401 (record_views re-exported)
 from common.train.site_context import PublicBank
 
@@ -47,6 +47,16 @@ def _ema(average: DualHeads, student: DualHeads, m: float) -> None:
     with torch.no_grad():
         for a, s in zip(average.parameters(), student.parameters()):
             a.lerp_(s.detach(), 1.0 - m)
+
+
+def cell_bins(g: GroupedConfig, rate: float, records: int, counts: torch.Tensor) -> int | torch.Tensor:
+    """Public sub-bins per prototype cell: ``g.bins`` for every cell when set; else from each cell's noisy released
+    count (`bins_per_prototype`), or from the expected batch when no prototype was released."""
+    if g.bins is not None:
+        return g.bins
+    if len(counts) == 0:
+        return default_bins(rate * records, 1, g.group_size)
+    return bins_per_prototype(counts, rate, g.group_size)
 
 
 def _optimizer(g: GroupedConfig, params: list) -> torch.optim.Optimizer:
@@ -63,8 +73,8 @@ def adapt_grouped(teacher_heads: DualHeads, target: FeatureSet, bank: PublicBank
     g: GroupedConfig = cfg.grouped
     n = target.n_images
     q, norm = sample_rate(g, n), normaliser(g, n)
-    bins = g.bins if g.bins is not None else default_bins(q * n, g.prototypes, g.group_size)
-    site = GroupedSite.build(target, q, bins, f"fedgckd-grouped-{cfg.seed}".encode())
+    site = GroupedSite.build(target, q, 1, f"fedgckd-grouped-{cfg.seed}".encode())
+    bins_used = []
     proto_noise = NO_TARGET_PROTOTYPE_NOISE if g.prototype_noise is None else g.prototype_noise
     history, epochs = [], []
     total = cfg.teacher_rounds * g.steps
@@ -76,8 +86,10 @@ def adapt_grouped(teacher_heads: DualHeads, target: FeatureSet, bank: PublicBank
             p.requires_grad_(False)
         a_img, a_txt = bank.embed(teacher)
         views = record_views(teacher, target)
-        protos, entries = release_prototypes(views, a_txt, g.prototypes, g.prototype_iters, proto_noise, generator)
+        protos, counts, entries = release_prototypes(views, a_txt, g.prototypes, g.prototype_iters, proto_noise, generator)
         history = merge_history(history, entries)
+        site.bins = cell_bins(g, q, n, counts)
+        bins_used.append(site.bins.tolist() if torch.is_tensor(site.bins) else site.bins)
         student = copy.deepcopy(teacher).train()
         set_trainable(student, trainable_names(student, g.train_params))
         momentum_teacher = copy.deepcopy(teacher)
@@ -107,7 +119,7 @@ def adapt_grouped(teacher_heads: DualHeads, target: FeatureSet, bank: PublicBank
             p.requires_grad_(True)
     what = "the last student" if cfg.average is None else f"the moving average (momentum {cfg.average}) of the student's weights"
     log = {"epochs": epochs, "selection": f"fixed schedule, {what}; no target labels read", "privacy_history": history,
-           "grouped": {"sample_rate": q, "normaliser": norm, "bins": bins, "prototypes": int(len(protos)),
+           "grouped": {"sample_rate": q, "normaliser": norm, "bins": bins_used, "prototypes": int(len(protos)),
                        "clip_norm": g.clip_norm, "sensitivity": 2 * g.clip_norm, "noise_multiplier": g.noise_multiplier,
                        "clipping": sgd.path, "diagnostics": site.stats.summary()}}
     return teacher.eval(), log

@@ -50,14 +50,16 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def sub_bins(uids: torch.Tensor, step: int, bins: int) -> torch.Tensor:
-    """[B] the sub-bin of each record at this step: hash(uid, step) mod bins (a function of the record alone)."""
-    if bins < 1:
-        raise ValueError(f"bins must be at least 1, got {bins}")
+def sub_bins(uids: torch.Tensor, step: int, bins: int | torch.Tensor) -> torch.Tensor:
+    """[B] the sub-bin of each record at this step: hash(uid, step) mod bins (a function of the record alone);
+    ``bins`` one public number, or one per record (its prototype cell's, see `bins_per_prototype`)."""
+    b = torch.as_tensor(bins, dtype=torch.long).expand(len(uids))
+    if len(b) and int(b.min()) < 1:
+        raise ValueError(f"bins must be at least 1, got {int(b.min())}")
     u = uids.numpy().astype(np.uint64)
     with np.errstate(over="ignore"):
         mixed = _splitmix64(u ^ (np.uint64(step) * _GOLDEN))
-    return torch.from_numpy((mixed % np.uint64(bins)).astype(np.int64))
+    return torch.from_numpy((mixed % b.numpy().astype(np.uint64)).astype(np.int64))
 
 
 def nearest_prototype(views: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
@@ -69,9 +71,27 @@ def nearest_prototype(views: torch.Tensor, prototypes: torch.Tensor) -> torch.Te
     return (v @ p.T).argmax(dim=1)
 
 
-def group_keys(views: torch.Tensor, prototypes: torch.Tensor, uids: torch.Tensor, step: int, bins: int) -> torch.Tensor:
-    """[B] each record's group key; records with equal keys form one group."""
-    return nearest_prototype(views, prototypes) * bins + sub_bins(uids, step, bins)
+def group_keys(views: torch.Tensor, prototypes: torch.Tensor, uids: torch.Tensor, step: int,
+               bins: int | torch.Tensor) -> torch.Tensor:
+    """[B] each record's group key; records with equal keys form one group. ``bins``: one public number for every
+    prototype cell, or a public number per prototype ([P], e.g. from the release's noisy counts)."""
+    cell = nearest_prototype(views, prototypes)
+    per_cell = torch.as_tensor(bins, dtype=torch.long)
+    if per_cell.ndim == 0:
+        return cell * per_cell + sub_bins(uids, step, per_cell)
+    if len(per_cell) != max(len(prototypes), 1):
+        raise ValueError(f"need one bin count per prototype ({len(prototypes)}), got {len(per_cell)}")
+    offset = torch.cumsum(per_cell, 0) - per_cell
+    return offset[cell] + sub_bins(uids, step, per_cell[cell])
+
+
+def bins_per_prototype(noisy_counts: torch.Tensor, rate: float, group_size: int, cap: int = 64) -> torch.Tensor:
+    """[P] sub-bins per prototype cell from the release's noisy counts (public): the expected sampled records of the
+    cell over ``group_size``, at least 1 and at most ``cap``. Large cells get more bins, so groups stay near the
+    target size whatever the cell (every group's clipped gradient carries at most C: balanced groups spend the
+    step's signal evenly, and padding to the largest group costs less)."""
+    expected = noisy_counts.double().clamp_min(0) * rate / max(group_size, 1)
+    return expected.round().long().clamp(1, cap)
 
 
 def groups_of(keys: torch.Tensor) -> torch.Tensor:

@@ -33,14 +33,15 @@ def record_views(teacher: DualHeads, target: FeatureSet) -> torch.Tensor:
 
 
 def release_prototypes(views: torch.Tensor, anchors: torch.Tensor, k: int, iterations: int, noise: float,
-                       gen: torch.Generator) -> tuple[torch.Tensor, list]:
-    """DP k-means prototypes of the record views, started from public anchors; (prototypes, accountant entries)."""
+                       gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """DP k-means prototypes of the record views, started from public anchors; (prototypes, their noisy counts,
+    accountant entries). With no prototype the site is one cell whose count is unknown (empty counts)."""
     k = min(k, len(anchors))
     if k <= 0:
-        return views[:0], []
+        return views[:0], views.new_zeros(0), []
     init = anchors[torch.randperm(len(anchors), generator=gen)[:k]]
     release = dp_kmeans(views, k, iterations, noise, init, gen)
-    return release.prototypes, release.history
+    return release.prototypes, release.counts_noisy, release.history
 
 
 @dataclass
@@ -49,11 +50,11 @@ class GroupedSite:
     uids: torch.Tensor  # [N] keyed hashes of the records (`record_uids`)
     caps_of: list[list[int]]  # caption rows of each record
     rate: float  # Poisson rate q
-    bins: int  # public number of sub-bins per prototype cell
+    bins: int | torch.Tensor  # public number of sub-bins: one for every prototype cell, or one per cell [P]
     stats: GroupStats
 
     @classmethod
-    def build(cls, target: FeatureSet, rate: float, bins: int, key: bytes) -> "GroupedSite":
+    def build(cls, target: FeatureSet, rate: float, bins: int | torch.Tensor, key: bytes) -> "GroupedSite":
         if (target.text_pids >= 0).any() or (target.image_pids >= 0).any():
             raise ValueError("grouped training must not see identity labels: pass FeatureSet.without_labels()")
         caps_of: list[list[int]] = [[] for _ in range(target.n_images)]
