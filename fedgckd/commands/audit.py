@@ -10,7 +10,7 @@ from rich.table import Table
 from fedgckd.commands.common_options import CACHE_HELP, user_errors
 from fedgckd.progress import console, progress_bar
 
-AUDIT_BAR = "privacy audit (RDP + PRV)"
+AUDIT_BAR = "privacy audit (RDP + PRV + dp-accounting)"
 
 
 def register(app: typer.Typer) -> None:
@@ -19,15 +19,25 @@ def register(app: typer.Typer) -> None:
 
 
 def print_summary(audit: dict, json_path: Path, html_path: Path) -> None:
-    from common.report.wording import VERDICTS, eps_label
+    from common.report.wording import VERDICTS, eps_label, fmt
 
-    table = Table("site", "verdict", "epsilon spent", "Opacus PRV (same unit, delta)", "budget")
+    table = Table("site", "verdict", "epsilon spent", "Opacus PRV (same unit, delta)",
+                  "dp-accounting PLD (same unit, delta)", "budget")
     for s in audit["sites"]:
         eps = "-" if s["unit"] is None else eps_label(float("inf") if s.get("epsilon_infinite") else s["epsilon"],
                                                     s["unit"], s["delta"], s["accountant"])
+        if s.get("prior_runs"):
+            eps += f"; earlier runs alone {fmt(s.get('epsilon_prior'))}, this run alone {fmt(s.get('epsilon_this_run'))}"
         prv = f"{s['epsilon_prv']:.4g}" if s.get("epsilon_prv") is not None else (s.get("prv_error") or "-")
-        table.add_row(s["site"], VERDICTS[s["verdict"]], eps, prv, "-" if s["budget"] is None else f"{s['budget']:g}")
+        table.add_row(s["site"], VERDICTS[s["verdict"]], eps, prv, fmt(s.get("epsilon_pld")) if s["unit"] else "-",
+                      "-" if s["budget"] is None else f"{s['budget']:g}")
     console.print(table)
+    for s in audit["sites"]:
+        person = s.get("person_level") or {}
+        sizes = [x for x in person.get("sizes", []) if x["epsilon"] is not None]
+        if sizes:
+            console.print(f"{s['site']}, epsilon for a person with k records at this site (delta = {person['delta']:g}, "
+                          "dp-accounting PLD): " + ", ".join(f"k={x['k']} {fmt(x['epsilon'])}" for x in sizes))
     for f in audit["checks"]["flags"]:
         console.print(f"[bold red]{f['kind']}[/]: {f['message']}")
     emp = audit.get("empirical")
