@@ -49,6 +49,7 @@ from common.privacy.accounting import ALPHAS, Entry
 # one at 1e-4 to four decimals (7.2979 both for 3 rounds of record-level DP) at a tenth of the time.
 VALUE_INTERVAL = 1e-3
 MAX_COMPONENTS = 400  # distinct (sigma, q, steps) PLDs built in one audit (0.05-0.5 s each on two cores)
+MAX_PREFIXES = 500  # composed history prefixes kept; sites that spent alike share theirs (about 10 ms to rebuild one)
 LIBRARY = "dp-accounting"
 
 
@@ -170,6 +171,8 @@ class PldBracket:
         while start > 0 and (tuple(hist[:start]), pessimistic) not in self._prefix:
             start -= 1
         pld = self._prefix[(tuple(hist[:start]), pessimistic)] if start else None
+        if len(self._prefix) > MAX_PREFIXES:  # memory bound (each composed PLD holds up to a few MB); recomputable
+            self._prefix.clear()
         for i in range(start, len(hist)):
             part = self._component(*hist[i], pessimistic=pessimistic)
             pld = part if pld is None else pld.compose(part)
