@@ -97,7 +97,7 @@ def load_checkpoint(path: Path | str, expect_fingerprint: str | None = None) -> 
             f"{cfg['backbone_fingerprint'][:12]}, but the installed trunks hash to {expect_fingerprint[:12]}"
         )
     try:
-        head_cfg = HeadConfig(**cfg["head_config"])
+        head_cfg = HeadConfig.from_dict(cfg["head_config"])
         heads = DualHeads(cfg["text_dim"], cfg["image_dim"], head_cfg)
     except (TypeError, ValueError) as ex:
         raise CheckpointError(f"{cfg_file}: head_config/text_dim/image_dim do not describe heads ({ex})") from None

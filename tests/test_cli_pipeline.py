@@ -31,15 +31,26 @@ def pipeline(tmp_path_factory):
     return root, data, cache, ckpt
 
 
-def test_pretrain_writes_checkpoint_selected_on_source_val(pipeline):
+def test_pretrain_writes_checkpoint_of_its_last_epoch(pipeline):
     _, _, _, ckpt = pipeline
     cfg = json.loads((ckpt / "config.json").read_text())
     assert (ckpt / "heads.safetensors").exists()
     assert cfg["backbone"] == "tiny" and cfg["seed"] == 0 and len(cfg["backbone_fingerprint"]) == 64
     training = cfg["meta"]["training"]
+    assert training["selected_on"] == "last epoch of a fixed schedule"
+    assert training["selected"]["epoch"] == len(training["epochs"]) == 3
+    assert training["selected"]["R1"] == training["epochs"][-1]["val_R1"]
+
+
+def test_pretrain_select_val_keeps_the_best_source_val_epoch(pipeline):
+    root, data, cache, _ = pipeline
+    ckpt = root / "teacher_val"
+    r = run("pretrain", "--data", data, "--source", "flat", "--backbone", "tiny", "--out", ckpt, "--epochs", "4",
+            "--cache", cache, "--select", "val")
+    assert r.exit_code == 0, r.output
+    training = json.loads((ckpt / "config.json").read_text())["meta"]["training"]
     assert training["selected_on"] == "source val R1"
-    best = max(e["val_R1"] for e in training["epochs"])
-    assert training["selected"]["R1"] == best
+    assert training["selected"]["R1"] == max(e["val_R1"] for e in training["epochs"])
 
 
 def test_evaluate_writes_metrics_json(pipeline):

@@ -48,7 +48,7 @@ def unpack_teacher(arrays: dict[str, np.ndarray], config: dict) -> tuple[DualHea
     got = content_version(arrays)
     if got != config["teacher-version"]:
         raise ValueError(f"teacher payload does not match its version tag ({got} != {config['teacher-version']})")
-    heads = DualHeads(int(config["text-dim"]), int(config["image-dim"]), HeadConfig(**json.loads(config["head-config"])))
+    heads = DualHeads(int(config["text-dim"]), int(config["image-dim"]), HeadConfig.from_dict(json.loads(config["head-config"])))
     sd = {k[len(TEACHER):]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith(TEACHER)}
     heads.load_state_dict(sd)
     heads.eval()

@@ -26,7 +26,8 @@ class HeadConfig:
     hidden=512: one hidden layer of 2x out_dim. Trunk features are not aligned
         across modalities, so a non-linear map helps; wider layers cost Opacus
         time and memory linearly (hooks mode stores batch x parameters).
-    layers=2: Linear-LayerNorm-GELU-Linear; layers=1 gives a plain linear map.
+    layers=2: Linear-GELU-Linear (with a LayerNorm before the GELU if
+        hidden_norm); layers=1 gives a plain linear map.
     dropout=0.0: DP noise already regularises, and dropout only adds variance
         to each record's clipped gradient.
     input_norm=True: a LayerNorm on the trunk features first. MiniLM's mean-
@@ -40,26 +41,32 @@ class HeadConfig:
     layers: int = 2
     dropout: float = 0.0
     input_norm: bool = True
+    hidden_norm: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "HeadConfig":
+        """From `to_dict()` output. Configs written before `hidden_norm` existed always had the hidden LayerNorm."""
+        return cls(**{"hidden_norm": True, **d})
+
 
 class ProjectionHead(nn.Module):
-    """MLP: [LayerNorm] -> (Linear -> LayerNorm -> GELU -> Dropout) x (layers-1) -> Linear.
+    """MLP: [LayerNorm] -> (Linear -> [LayerNorm] -> GELU -> Dropout) x (layers-1) -> Linear.
 
     The output is not normalised; callers (e.g. `DualHeads`) normalise.
     """
 
     def __init__(self, in_dim: int, out_dim: int = 256, hidden: int = 512, dropout: float = 0.0, layers: int = 2,
-                 input_norm: bool = True):
+                 input_norm: bool = True, hidden_norm: bool = True):
         super().__init__()
         if layers < 1:
             raise ValueError(f"ProjectionHead needs layers >= 1, got {layers}")
         mods: list[nn.Module] = [nn.LayerNorm(in_dim)] if input_norm else []
         d = in_dim
         for _ in range(layers - 1):
-            mods += [nn.Linear(d, hidden), nn.LayerNorm(hidden), nn.GELU()]
+            mods += [nn.Linear(d, hidden), *([nn.LayerNorm(hidden)] if hidden_norm else []), nn.GELU()]
             if dropout > 0:
                 mods.append(nn.Dropout(dropout))
             d = hidden
@@ -78,7 +85,7 @@ class DualHeads(nn.Module):
         super().__init__()
         self.cfg = cfg or HeadConfig()
         kw = dict(out_dim=self.cfg.out_dim, hidden=self.cfg.hidden, dropout=self.cfg.dropout, layers=self.cfg.layers,
-                  input_norm=self.cfg.input_norm)
+                  input_norm=self.cfg.input_norm, hidden_norm=self.cfg.hidden_norm)
         self.text_head = ProjectionHead(text_dim, **kw)
         self.image_head = ProjectionHead(image_dim, **kw)
         self.text_dim, self.image_dim = text_dim, image_dim
