@@ -6,7 +6,9 @@ Procedure (Steinke, Nasr & Jagielski 2023; the bound is in `one_run`):
    canary joins the site's training data; tails, it does not;
 2. train with the real record-level code path, ``run_local_round`` with
    ``privacy=record`` (DP k-means prototypes over the site's records, GMP
-   targets, per-record CMKD, Opacus DP-SGD with Poisson sampling), for the
+   targets, per-record CMKD, Opacus DP-SGD with Poisson sampling; or, with
+   ``mode=grouped``, the group-clipped path, where canaries enter groups like
+   any other record), for the
    given rounds, starting from the teacher's heads as a first federated round
    does. "Without DP" is the same path with noise multiplier 0;
 3. score every canary (`canaries`: by default the white-box update score,
@@ -113,7 +115,8 @@ def run_canary_audit(teacher: DualHeads, site: FeatureSet, anchor_images: torch.
     audit = audit or CanaryAuditConfig()
     if audit.score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {audit.score!r}")
-    fed = fed.replace(privacy="record", mode="per-record").validate()
+    # grouped mode keeps its groups: a canary enters a group like any other record (its key is its own)
+    fed = fed.replace(privacy="record", mode="grouped" if fed.mode == "grouped" else "per-record").validate()
     if not noise_per_round:
         raise ValueError("noise_per_round must name at least one round")
     t0 = time.perf_counter()
@@ -134,7 +137,7 @@ def run_canary_audit(teacher: DualHeads, site: FeatureSet, anchor_images: torch.
         scores = pair_scores(start, student, canaries).tolist()
     else:
         scores = update_scores(start, student, teacher, canaries, anchor_images, anchor_texts, names,
-                               adapt_config(fed, audit.seed)).tolist()
+                               adapt_config(fed.replace(mode="per-record"), audit.seed)).tolist()  # a canary's own gradient
     history = merge_history([s.entry() for s in spends])
     try:
         accounted = compute_epsilon(history, fed.delta, "rdp").epsilon
