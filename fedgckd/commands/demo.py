@@ -78,7 +78,8 @@ def demo(
     source, target = domains[0], domains[1]
     console.rule(f"2. pretrain the teacher on {source} (selected on {source} val)")
     teacher = out / "teacher"
-    pretrain(data=data, source=source, out=teacher, backbone=backbone, epochs=20, batch_size=128, lr=1e-3, seed=seed, cache=cache)
+    pretrain(data=data, source=source, out=teacher, backbone=backbone, epochs=20, batch_size=128, lr=1e-3, seed=seed, cache=cache,
+             select="last")
     console.rule("3. direct transfer: evaluate the teacher on every domain's val split")
     for d in domains:
         evaluate(model=teacher, data=data, target=d, split="val", json_out=out / "eval" / f"teacher_{d}.json", cache=cache)
