@@ -4,8 +4,8 @@ On real features of the tiny profile (tiny backbone, the test bench's source-pre
 random Poisson batches and for every record of the site added to or removed from the batch, the pre-noise sum of
 clipped group gradients moves by at most Delta = 2C. The cases the contract names are each seen: a record into an
 empty group, out of a one-member group, into the largest group. A hypothesis sweep covers group sizes (prototypes
-and bins, one count for all cells or one per cell), trained-parameter presets, clip norms and both clipping
-paths. The same harness, pointed at per-sample
+and bins, one count for all cells or one per cell, a cap on the members a group trains on), trained-parameter
+presets, clip norms and both clipping paths. The same harness, pointed at per-sample
 clipping of a plain in-batch InfoNCE (whose accountant would assume Delta = C), reports a violation, so the test
 can fail.
 """
@@ -78,10 +78,10 @@ class Grouped:
                 if r >= 0:
                     gid[r] = g
         sums, _, _ = self.stepper.clipped_sum(pack, targets, crit)
-        return torch.cat([sums[p].reshape(-1) for p in trained]), gid[b]
+        return torch.cat([sums[p].reshape(-1) for p in trained]), gid[b]  # -1: left out by the cap
 
 
-def _grouped(preset="all", clipping="auto", prototypes=4, bins=2, clip=0.05, seed=0, per_cell=False) -> Grouped:
+def _grouped(preset="all", clipping="auto", prototypes=4, bins=2, clip=0.05, seed=0, per_cell=False, cap=0) -> Grouped:
     teacher, tgt, a_img, a_txt = _site()
     student = load_checkpoint(shared_bench().teacher).heads.double()
     with torch.no_grad():  # a student a few steps away from the teacher
@@ -95,7 +95,7 @@ def _grouped(preset="all", clipping="auto", prototypes=4, bins=2, clip=0.05, see
                               torch.Generator(), clipping)
     if per_cell and prototypes:  # a public bin count per prototype cell, as released noisy counts give
         bins = torch.randint(1, bins + 1, (prototypes,), generator=g)
-    site = GroupedSite.build(tgt, 0.5, bins, b"adjacency")
+    site = GroupedSite.build(tgt, 0.5, bins, b"adjacency", cap)
     return Grouped(stepper, site, teacher, views, protos, (a_img, a_txt), tgt, 2 * clip)
 
 
@@ -134,10 +134,13 @@ def _shifts(s, n: int, batch: list[int]) -> tuple[float, set[str]]:
         else:
             other, ogid = s(batch + [r])
             mine = ogid[sorted(batch + [r]).index(r)]
-            size, largest = int((ogid == mine).sum()), int(torch.bincount(ogid).max())
-            cases.add("into an empty group" if size == 1 else "into a non-empty group")
-            if size == largest and size > 1:
-                cases.add("into the largest group")
+            if mine < 0:
+                cases.add("into a full group (left out by the cap)")
+            else:
+                size, largest = int((ogid == mine).sum()), int(torch.bincount(ogid[ogid >= 0]).max())
+                cases.add("into an empty group" if size == 1 else "into a non-empty group")
+                if size == largest and size > 1:
+                    cases.add("into the largest group")
         worst = max(worst, float((other - base).norm()))
     return worst, cases
 
@@ -163,9 +166,9 @@ def test_group_clipping_moves_the_sum_by_at_most_two_c_in_every_contract_case():
 @settings(max_examples=10, deadline=None)
 @given(preset=st.sampled_from(["last", "all", "norms+biases"]), clipping=st.sampled_from(["auto", "opacus"]),
        prototypes=st.sampled_from([0, 2, 6]), bins=st.integers(1, 6), clip=st.floats(0.005, 5.0),
-       rate=st.floats(0.1, 0.9), seed=st.integers(0, 1000), per_cell=st.booleans())
-def test_group_clipping_sweep(preset, clipping, prototypes, bins, clip, rate, seed, per_cell):
-    s = _grouped(preset, clipping, prototypes, bins, clip, seed, per_cell)
+       rate=st.floats(0.1, 0.9), seed=st.integers(0, 1000), per_cell=st.booleans(), cap=st.sampled_from([0, 1, 2, 3]))
+def test_group_clipping_sweep(preset, clipping, prototypes, bins, clip, rate, seed, per_cell, cap):
+    s = _grouped(preset, clipping, prototypes, bins, clip, seed, per_cell, cap)
     n = s.tgt.n_images
     worst, _ = _shifts(s, n, _batches(n, rate, 1, seed)[0])
     assert worst <= s.delta * (1 + TOL)

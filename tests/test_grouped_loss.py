@@ -18,8 +18,8 @@ from common.losses.cmkd import CMKDConfig
 from common.losses.grouped_loss import GroupLoss, GroupPack, group_targets, mutual_in_group
 from common.models.heads import DualHeads, HeadConfig
 from common.train.grouped_dp import GroupClippedSGD
-from common.train.grouped_keys import (GroupStats, bins_per_prototype, default_bins, group_keys, groups_of, record_uids,
-                                       sub_bins)
+from common.train.grouped_keys import (GroupStats, bins_per_prototype, cap_groups, default_bins, group_keys, groups_of,
+                                       record_uids, sub_bins)
 
 DT, DI, D = 10, 12, 8
 
@@ -193,3 +193,19 @@ def test_group_stats_summary():
     s = st.summary()
     assert s["group_size"]["histogram"] == {"1": 1, "2": 1, "3": 1}
     assert s["groups_per_step"] == {"mean": 1.5, "min": 0, "max": 3} and s["steps"] == 2
+
+
+def test_cap_keeps_the_smallest_hashes_of_each_group_and_reads_that_group_alone():
+    img, *_ = _site(n=12)
+    uids = record_uids(img, b"cap")
+    gid = torch.tensor([0, 0, 0, 0, 1, 1, 2, 0, 1, 2, 2, 2])
+    keep = cap_groups(gid, uids, 3, cap=2)
+    assert [int(keep[gid == g].sum()) for g in range(3)] == [2, 2, 2]
+    assert cap_groups(gid, uids, 3, cap=0).all() and cap_groups(gid, uids, 3, cap=5).all()
+    # brute force: the kept members of a group are its 2 smallest by the (record, step) hash, and removing another
+    # group's members (or adding one) changes nothing in this group
+    for g in range(3):
+        members = (gid == g).nonzero().squeeze(1)
+        alone = cap_groups(torch.zeros(len(members), dtype=torch.long), uids[members], 3, cap=2)
+        assert torch.equal(alone, keep[members])
+    assert not torch.equal(cap_groups(gid, uids, 4, cap=2), keep)  # the kept members change with the step

@@ -21,7 +21,11 @@ class GroupedConfig:
     group_size: int = 8  # target mean group size (sets the public number of bins): every group's clipped gradient
     # carries at most C whatever its size, so small groups give more signal per step; in-group contrast needs a few
     # negatives. 8 is what DP-GCL and the issue's outside probe used
-    bins: int | None = None  # sub-bins per prototype cell (public); None: expected_batch / (prototypes x group_size)
+    bins: int | None = None  # sub-bins in every prototype cell (public); None: per cell, from the release's noisy
+    # counts (a cell's expected sampled records / group_size), so that groups stay near the target size
+    max_group: int = 24  # most members a group trains on in one step (the rest of an over-full group sit the step
+    # out, chosen by a keyed hash: still a function of the group alone). Every group is padded to the largest one, so
+    # a rare huge group costs the whole step; 3x the target size drops few records
     prototypes: int = 16  # DP k-means prototypes of the records' teacher caption views: the first part of the group
     # key (records that share a prototype are likely neighbours) and public nodes of the in-group GMP. Few, so that a
     # cell holds enough records for groups and each prototype has members above its release noise at 1,800 records

@@ -94,6 +94,27 @@ def bins_per_prototype(noisy_counts: torch.Tensor, rate: float, group_size: int,
     return expected.round().long().clamp(1, cap)
 
 
+def cap_groups(group_ids: torch.Tensor, uids: torch.Tensor, step: int, cap: int) -> torch.Tensor:
+    """[B] bool: which records of each group stay when a group holds more than ``cap``: the ``cap`` with the
+    smallest keyed hash of (record, step). Which members a group keeps is a function of that group's members
+    alone, so adding or removing a record still changes one group only (Delta = 2C holds; the adjacency test
+    sweeps the cap); a capped group just trains on part of its members this step."""
+    if cap <= 0 or len(group_ids) == 0:
+        return torch.ones(len(group_ids), dtype=torch.bool)
+    order = torch.from_numpy((_splitmix64(uids.numpy().astype(np.uint64) ^ np.uint64(0x5DEECE66D + step)) >> np.uint64(1))
+                             .astype(np.int64))
+    by = torch.argsort(order)
+    by = by[torch.argsort(group_ids[by], stable=True)]  # grouped, each group in hash order
+    g_sorted = group_ids[by]
+    starts = torch.ones_like(g_sorted, dtype=torch.bool)
+    starts[1:] = g_sorted[1:] != g_sorted[:-1]
+    idx = torch.arange(len(by))
+    first = torch.cummax(torch.where(starts, idx, torch.zeros_like(idx)), 0).values
+    keep = torch.zeros(len(group_ids), dtype=torch.bool)
+    keep[by] = (idx - first) < cap
+    return keep
+
+
 def groups_of(keys: torch.Tensor) -> torch.Tensor:
     """[B] contiguous group ids 0..G-1 in the order of the sorted keys (the ids carry no record order)."""
     return torch.unique(keys, return_inverse=True)[1]
@@ -110,6 +131,7 @@ class GroupStats:
 
     sizes: list[int]
     groups_per_step: list[int]
+    dropped: int = 0  # sampled records left out of a step because their group was over the cap
 
     @classmethod
     def empty(cls) -> "GroupStats":
@@ -129,4 +151,5 @@ class GroupStats:
                                "share_singletons": float((s == 1).mean()),
                                "histogram": {str(i): int(c) for i, c in enumerate(hist) if c}},
                 "groups_per_step": {"mean": float(g.mean()), "min": int(g.min()), "max": int(g.max())},
+                "records_over_cap": self.dropped,
                 "steps": len(self.groups_per_step)}

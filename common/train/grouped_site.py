@@ -22,7 +22,7 @@ from common.models.heads import DualHeads
 from common.privacy.site_prototypes import dp_kmeans
 from common.train.embed import embed_featureset
 from common.train.grouped_dp import GroupClippedSGD
-from common.train.grouped_keys import GroupStats, group_keys, groups_of, record_uids
+from common.train.grouped_keys import GroupStats, cap_groups, group_keys, groups_of, record_uids
 
 
 @torch.no_grad()
@@ -52,15 +52,16 @@ class GroupedSite:
     rate: float  # Poisson rate q
     bins: int | torch.Tensor  # public number of sub-bins: one for every prototype cell, or one per cell [P]
     stats: GroupStats
+    cap: int = 0  # most members a group trains on in a step (0: no cap); see `cap_groups`
 
     @classmethod
-    def build(cls, target: FeatureSet, rate: float, bins: int | torch.Tensor, key: bytes) -> "GroupedSite":
+    def build(cls, target: FeatureSet, rate: float, bins: int | torch.Tensor, key: bytes, cap: int = 0) -> "GroupedSite":
         if (target.text_pids >= 0).any() or (target.image_pids >= 0).any():
             raise ValueError("grouped training must not see identity labels: pass FeatureSet.without_labels()")
         caps_of: list[list[int]] = [[] for _ in range(target.n_images)]
         for t, r in enumerate(target.text_to_image.tolist()):
             caps_of[r].append(t)
-        return cls(target, record_uids(target.image_feats, key), caps_of, rate, bins, GroupStats.empty())
+        return cls(target, record_uids(target.image_feats, key), caps_of, rate, bins, GroupStats.empty(), cap)
 
     def sample(self, gen: torch.Generator) -> torch.Tensor:
         """Every record independently with probability q (Poisson sampling); may be empty."""
@@ -71,6 +72,9 @@ class GroupedSite:
                 cmkd: CMKDConfig, neighbours: int, pseudo_positives: bool) -> tuple[GroupPack, torch.Tensor, GroupLoss]:
         """(the sampled records ``recs`` packed by group, the teacher's in-group targets, the group loss)."""
         gid = groups_of(group_keys(views[recs], protos, self.uids[recs], step_no, self.bins))
+        keep = cap_groups(gid, self.uids[recs], step_no, self.cap)
+        self.stats.dropped += int((~keep).sum())
+        recs, gid = recs[keep], gid[keep]
         self.stats.add(gid)
         pack = GroupPack.build(self.target.image_feats, self.target.text_feats, self.caps_of, recs, gid)
         with torch.no_grad():
