@@ -53,8 +53,11 @@ def test_record_release_writes_ledger_and_audit_and_prints_its_true_epsilon(tmp_
     if mode == "per-record":  # the one-machine extras that read records outside DP-SGD are not run
         assert "dropped" in meta["release"] and not any(e[0] == 5.0 for e in meta["privacy_history"])
     else:
-        diag = meta["grouped"]["diagnostics"]
+        diag = json.loads((out / "diagnostics.json").read_text())["grouped"]
         assert diag["steps"] == 3 and meta["grouped"]["prototypes"] > 0 and diag["group_size"]["max"] >= 1
+    # the released checkpoint carries no exact training figures (losses, group sizes): they are in diagnostics.json
+    assert "epochs" not in meta and "diagnostics" not in meta.get("grouped", {})
+    assert "not DP-protected" in (out / "diagnostics.json").read_text()
 
 
 def test_without_privacy_no_epsilon_is_claimed(tmp_path):

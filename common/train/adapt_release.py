@@ -155,9 +155,10 @@ def release_statement(led: SiteLedger) -> str:
             f"{sum(e.steps for e in led.entries if e.mechanism == 'dp-kmeans-prototypes')} prototype releases)")
 
 
-def write_release(out, led: SiteLedger, release: dict, config: dict) -> None:
+def write_release(out, led: SiteLedger, release: dict, config: dict, diagnostics: dict | None = None) -> None:
     """ledger.json and metrics.json in a run folder's format, so that `fedgckd audit` reads a one-machine release
-    as it reads a federation (one site, ``adapt``, with its rounds = teacher rounds)."""
+    as it reads a federation (one site, ``adapt``, with its rounds = teacher rounds); ``diagnostics`` (exact
+    training figures, not DP) go to diagnostics.json beside them, never into the released checkpoint."""
     from pathlib import Path
 
     from common.atomic import atomic_write_json
@@ -171,5 +172,8 @@ def write_release(out, led: SiteLedger, release: dict, config: dict) -> None:
     atomic_write_json(out / "ledger.json", {"privacy": privacy, "sites": {led.site: entries}, "events": [],
                                            "server_site_level": {}, "final_epsilon": {led.site: led.epsilon()},
                                            "final_server_epsilon": {}})
+    if diagnostics is not None:
+        atomic_write_json(out / "diagnostics.json", {"note": "exact figures of the training run, for the operator: "
+                                                     "not DP-protected, not part of the release", **diagnostics})
     atomic_write_json(out / "metrics.json", {"config": {**config, "privacy": "record"}, "privacy": privacy,
                                              "rounds": [{"round": e.round} for e in led.entries if e.mechanism.startswith("dp-sgd")]})

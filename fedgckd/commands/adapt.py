@@ -76,6 +76,7 @@ def adapt(
                 student, log, led = dp_release(ckpt.heads, tgt_fs, bank, cfg, epsilon, delta, bar)
             else:
                 student, log = run(ckpt.heads, tgt_fs, bank, cfg, progress=bar)
+        diagnostics = split_diagnostics(log) if led is not None else None
         meta = {"role": "student", "source": src, "target": {"data": str(data), "domain": target}, "teacher": str(teacher), "adaptation": log}
         save_checkpoint(Checkpoint(student, bb.name, bb.fingerprint(), ckpt.head_config, ckpt.text_dim, ckpt.image_dim, seed, meta), out)
     kept = "last student" if cfg.average is None else f"weight average, momentum {cfg.average}"
@@ -85,7 +86,8 @@ def adapt(
         from common.train.adapt_release import release_statement, write_release
         from fedgckd.commands.audit import write_run_audit
 
-        write_release(out, led, log["release"], {"mode": mode, "target": target, "teacher": str(teacher), "seed": seed})
+        write_release(out, led, log["release"], {"mode": mode, "target": target, "teacher": str(teacher), "seed": seed},
+                      diagnostics)
         console.print(f"wrote {out} (mode {mode}, {cfg.teacher_rounds} teacher rounds, fixed schedule, record-level DP)")
         console.print(release_statement(led))
         write_run_audit(out)
@@ -93,6 +95,15 @@ def adapt(
     console.print(f"wrote {out} (mode {mode}, {cfg.teacher_rounds} x {epochs} epochs, fixed schedule, {kept})")
     console.print("no epsilon is claimed: this adaptation read the target's records outside any DP mechanism, so the "
                   "checkpoint is not a DP release (for one: --privacy record with --mode grouped or per-record)")
+
+
+def split_diagnostics(log: dict) -> dict:
+    """Take the exact, non-private figures of a DP release (training losses, group sizes) out of the checkpoint's
+    metadata, which travels with the released model; they go to their own file in --out, for the operator."""
+    out = {"epochs": log.pop("epochs", [])}
+    if "grouped" in log:
+        out["grouped"] = log["grouped"].pop("diagnostics", {})
+    return out
 
 
 def dp_release(heads, tgt_fs, bank, cfg, epsilon: float, delta: float, bar):
