@@ -4,7 +4,8 @@ On real features of the tiny profile (tiny backbone, the test bench's source-pre
 random Poisson batches and for every record of the site added to or removed from the batch, the pre-noise sum of
 clipped group gradients moves by at most Delta = 2C. The cases the contract names are each seen: a record into an
 empty group, out of a one-member group, into the largest group. A hypothesis sweep covers group sizes (prototypes
-and bins, one count for all cells or one per cell, a cap on the members a group trains on), trained-parameter
+and bins, one count for all cells or one per cell, hashed or hyperplane sub-bins, a cap on the members a group
+trains on), trained-parameter
 presets, clip norms and both clipping paths. The same harness, pointed at per-sample
 clipping of a plain in-batch InfoNCE (whose accountant would assume Delta = C), reports a violation, so the test
 can fail.
@@ -81,7 +82,8 @@ class Grouped:
         return torch.cat([sums[p].reshape(-1) for p in trained]), gid[b]  # -1: left out by the cap
 
 
-def _grouped(preset="all", clipping="auto", prototypes=4, bins=2, clip=0.05, seed=0, per_cell=False, cap=0) -> Grouped:
+def _grouped(preset="all", clipping="auto", prototypes=4, bins=2, clip=0.05, seed=0, per_cell=False, cap=0,
+             sub_bin="hash") -> Grouped:
     teacher, tgt, a_img, a_txt = _site()
     student = load_checkpoint(shared_bench().teacher).heads.double()
     with torch.no_grad():  # a student a few steps away from the teacher
@@ -95,7 +97,7 @@ def _grouped(preset="all", clipping="auto", prototypes=4, bins=2, clip=0.05, see
                               torch.Generator(), clipping)
     if per_cell and prototypes:  # a public bin count per prototype cell, as released noisy counts give
         bins = torch.randint(1, bins + 1, (prototypes,), generator=g)
-    site = GroupedSite.build(tgt, 0.5, bins, b"adjacency", cap)
+    site = GroupedSite.build(tgt, 0.5, bins, b"adjacency", cap, sub_bin)
     return Grouped(stepper, site, teacher, views, protos, (a_img, a_txt), tgt, 2 * clip)
 
 
@@ -163,12 +165,13 @@ def test_group_clipping_moves_the_sum_by_at_most_two_c_in_every_contract_case():
     s.stepper.close()
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(preset=st.sampled_from(["last", "all", "norms+biases"]), clipping=st.sampled_from(["auto", "opacus"]),
        prototypes=st.sampled_from([0, 2, 6]), bins=st.integers(1, 6), clip=st.floats(0.005, 5.0),
-       rate=st.floats(0.1, 0.9), seed=st.integers(0, 1000), per_cell=st.booleans(), cap=st.sampled_from([0, 1, 2, 3]))
-def test_group_clipping_sweep(preset, clipping, prototypes, bins, clip, rate, seed, per_cell, cap):
-    s = _grouped(preset, clipping, prototypes, bins, clip, seed, per_cell, cap)
+       rate=st.floats(0.1, 0.9), seed=st.integers(0, 1000), per_cell=st.booleans(), cap=st.sampled_from([0, 1, 2, 3]),
+       sub_bin=st.sampled_from(["hash", "lsh"]))
+def test_group_clipping_sweep(preset, clipping, prototypes, bins, clip, rate, seed, per_cell, cap, sub_bin):
+    s = _grouped(preset, clipping, prototypes, bins, clip, seed, per_cell, cap, sub_bin)
     n = s.tgt.n_images
     worst, _ = _shifts(s, n, _batches(n, rate, 1, seed)[0])
     assert worst <= s.delta * (1 + TOL)

@@ -73,7 +73,7 @@ def adapt_grouped(teacher_heads: DualHeads, target: FeatureSet, bank: PublicBank
     g: GroupedConfig = cfg.grouped
     n = target.n_images
     q, norm = sample_rate(g, n), normaliser(g, n)
-    site = GroupedSite.build(target, q, 1, f"fedgckd-grouped-{cfg.seed}".encode(), g.max_group)
+    site = GroupedSite.build(target, q, 1, f"fedgckd-grouped-{cfg.seed}".encode(), g.max_group, g.sub_bin)
     bins_used = []
     proto_noise = NO_TARGET_PROTOTYPE_NOISE if g.prototype_noise is None else g.prototype_noise
     history, epochs = [], []

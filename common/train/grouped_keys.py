@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 _MASK63 = (1 << 63) - 1
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -72,17 +73,43 @@ def nearest_prototype(views: torch.Tensor, prototypes: torch.Tensor) -> torch.Te
 
 
 def group_keys(views: torch.Tensor, prototypes: torch.Tensor, uids: torch.Tensor, step: int,
-               bins: int | torch.Tensor) -> torch.Tensor:
+               bins: int | torch.Tensor, sub_bin: str = "hash") -> torch.Tensor:
     """[B] each record's group key; records with equal keys form one group. ``bins``: one public number for every
-    prototype cell, or a public number per prototype ([P], e.g. from the release's noisy counts)."""
+    prototype cell, or a public number per prototype ([P], e.g. from the release's noisy counts). ``sub_bin``:
+    "hash" (keyed hash of the record: random group-mates) or "lsh" (random hyperplanes through the prototype:
+    group-mates with similar views; a cell's bins are rounded to a power of two)."""
     cell = nearest_prototype(views, prototypes)
     per_cell = torch.as_tensor(bins, dtype=torch.long)
+    if sub_bin == "lsh":
+        bits = torch.log2(per_cell.clamp_min(1).double()).round().long().reshape(-1)
+        bits = bits.expand(max(len(prototypes), 1)) if len(bits) == 1 else bits
+        return cell * (2 ** int(bits.max())) + lsh_bins(views, prototypes, cell if len(prototypes) else cell * 0, step, bits)
+    if sub_bin != "hash":
+        raise ValueError(f"sub_bin must be 'hash' or 'lsh', got {sub_bin!r}")
     if per_cell.ndim == 0:
         return cell * per_cell + sub_bins(uids, step, per_cell)
     if len(per_cell) != max(len(prototypes), 1):
         raise ValueError(f"need one bin count per prototype ({len(prototypes)}), got {len(per_cell)}")
     offset = torch.cumsum(per_cell, 0) - per_cell
     return offset[cell] + sub_bins(uids, step, per_cell[cell])
+
+
+def lsh_bins(views: torch.Tensor, prototypes: torch.Tensor, cell: torch.Tensor, step: int, bits: torch.Tensor,
+             key: int = 0) -> torch.Tensor:
+    """[B] sub-bins by random hyperplanes through each record's prototype: bit j is the side of hyperplane j
+    (public, drawn from (key, step)) that the record's view lies on, for the cell's first ``bits[cell]``
+    hyperplanes. Records with nearly the same view (the same person's other photos, whose captions agree) mostly
+    share a bin, and each hyperplane through the centre splits a cell roughly in half. A function of the record's
+    view, the released prototypes and public randomness only."""
+    nbits = int(bits.max()) if len(bits) else 0
+    if nbits == 0 or len(views) == 0:
+        return torch.zeros(len(views), dtype=torch.long)
+    g = torch.Generator().manual_seed((key * 1_000_003 + step) % (2**63))
+    planes = torch.randn(nbits, views.shape[1], generator=g, dtype=torch.float64)
+    centre = prototypes.double()[cell] if len(prototypes) else torch.zeros_like(views, dtype=torch.float64)
+    side = ((F.normalize(views.double(), dim=-1) - centre) @ planes.T > 0).long()  # [B, nbits]
+    used = torch.arange(nbits)[None, :] < bits[cell][:, None]
+    return (side * used * (2 ** torch.arange(nbits))[None, :]).sum(1)
 
 
 def bins_per_prototype(noisy_counts: torch.Tensor, rate: float, group_size: int, cap: int = 64) -> torch.Tensor:

@@ -53,15 +53,17 @@ class GroupedSite:
     bins: int | torch.Tensor  # public number of sub-bins: one for every prototype cell, or one per cell [P]
     stats: GroupStats
     cap: int = 0  # most members a group trains on in a step (0: no cap); see `cap_groups`
+    sub_bin: str = "hash"  # "hash" or "lsh" (`group_keys`)
 
     @classmethod
-    def build(cls, target: FeatureSet, rate: float, bins: int | torch.Tensor, key: bytes, cap: int = 0) -> "GroupedSite":
+    def build(cls, target: FeatureSet, rate: float, bins: int | torch.Tensor, key: bytes, cap: int = 0,
+              sub_bin: str = "hash") -> "GroupedSite":
         if (target.text_pids >= 0).any() or (target.image_pids >= 0).any():
             raise ValueError("grouped training must not see identity labels: pass FeatureSet.without_labels()")
         caps_of: list[list[int]] = [[] for _ in range(target.n_images)]
         for t, r in enumerate(target.text_to_image.tolist()):
             caps_of[r].append(t)
-        return cls(target, record_uids(target.image_feats, key), caps_of, rate, bins, GroupStats.empty(), cap)
+        return cls(target, record_uids(target.image_feats, key), caps_of, rate, bins, GroupStats.empty(), cap, sub_bin)
 
     def sample(self, gen: torch.Generator) -> torch.Tensor:
         """Every record independently with probability q (Poisson sampling); may be empty."""
@@ -71,7 +73,7 @@ class GroupedSite:
                 anchor_images: torch.Tensor, anchor_texts: torch.Tensor, step_no: int, gmp: GMPConfig | None,
                 cmkd: CMKDConfig, neighbours: int, pseudo_positives: bool) -> tuple[GroupPack, torch.Tensor, GroupLoss]:
         """(the sampled records ``recs`` packed by group, the teacher's in-group targets, the group loss)."""
-        gid = groups_of(group_keys(views[recs], protos, self.uids[recs], step_no, self.bins))
+        gid = groups_of(group_keys(views[recs], protos, self.uids[recs], step_no, self.bins, self.sub_bin))
         keep = cap_groups(gid, self.uids[recs], step_no, self.cap)
         self.stats.dropped += int((~keep).sum())
         recs, gid = recs[keep], gid[keep]
