@@ -36,7 +36,7 @@ def simulate(
     privacy: str = typer.Option(None, "--privacy", help="record (default: DP-SGD at each site), site (clipped updates + central noise) or none."),
     epsilon: float = typer.Option(None, "--epsilon", help="Privacy budget per site for the whole run (default 8)."),
     delta: float = typer.Option(None, "--delta", help="Default 1e-5."),
-    mode: str = typer.Option(None, "--mode", help="full or per-record (default: per-record; record-level DP allows only per-record)."),
+    mode: str = typer.Option(None, "--mode", help="full, per-record or grouped (default: per-record; record-level DP allows per-record and grouped)."),
     backbone: str = typer.Option(None, "--backbone", help="Backbone (default: the one recorded in the teacher checkpoint)."),
     sites_per_round: int = typer.Option(None, "--sites-per-round", help="0 (default) = all sites every round; k < sites = each site sampled with probability k/sites (Poisson)."),
     local_steps: int = typer.Option(None, "--local-steps", help="Local steps per site per round."),
