@@ -118,7 +118,8 @@ def _grouped_round(student: DualHeads, teacher: DualHeads, anchor_images: torch.
                                                  z_p, gen)
     expected = cfg.sample_rate * n
     bins = cell_bins(GroupedConfig(group_size=cfg.group_size), cfg.sample_rate, n, counts)
-    gsite = GroupedSite.build(site, cfg.sample_rate, bins, f"fedgckd-grouped-{seed}".encode(), 3 * cfg.group_size)
+    gsite = GroupedSite.build(site, cfg.sample_rate, bins, f"fedgckd-grouped-{seed}".encode(), 3 * cfg.group_size,
+                              GroupedConfig().sub_bin)
     opt = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=cfg.lr or SGD_LR, momentum=0.9)
     # divided by the expected number of groups of the target size: a public constant, as DP-SGD's expected batch
     sgd = GroupClippedSGD(student, opt, cfg.clip_norm, sigma, max(1.0, expected / cfg.group_size), gen)

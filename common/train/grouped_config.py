@@ -26,9 +26,10 @@ class GroupedConfig:
     # per step: the knob trades the two, to be chosen on val (DP-GCL and the outside probe used 8)
     bins: int | None = None  # sub-bins in every prototype cell (public); None: per cell, from the release's noisy
     # counts (a cell's expected sampled records / group_size), so that groups stay near the target size
-    sub_bin: str = "hash"  # how a prototype cell is split: "hash" (a keyed hash of the record: random group-mates,
+    sub_bin: str = "lsh"  # how a prototype cell is split: "hash" (a keyed hash of the record: random group-mates,
     # new ones every step) or "lsh" (random hyperplanes through the prototype, new every step: group-mates with
-    # similar caption views, so a person's other photos tend to share the group as pseudo-positives)
+    # similar caption views, so a person's other photos tend to share the group as pseudo-positives). Without
+    # noise, with the other defaults: val R1 36.8 hash, 41.5 lsh (flat->outline, 1,800 records, one run each)
     max_group: int = 96  # most members a group trains on in one step (the rest of an over-full group sit the step
     # out, chosen by a keyed hash: still a function of the group alone). Every group is padded to the largest one, so
     # a rare huge group costs the whole step; 3x the target size drops few records
