@@ -20,17 +20,18 @@ class GroupedConfig:
     # noise-to-largest-signal ratio (2z sqrt(d) / groups / sqrt(steps), d = 262k) is 0.66 at 512, 0.44 at 1,024,
     # 0.35 at 2,048 (160 steps). Without noise 512 and 1,024 scored the same (val R1 40.2, groups of 48, 1,800 records)
     max_rate: float = 0.5  # cap on the rate, so that small sites still get many distinct batches
-    group_size: int = 32  # target mean group size (sets the public number of bins). In-group contrast needs members:
-    # without noise, val R1 (flat->outline, 1,800 records, one run each) was 29.2 / 36.3 / 40.2 for groups of about
-    # 8 / 24 / 48. Under noise every group's clipped gradient carries at most C, so smaller groups give more signal
-    # per step: the knob trades the two, to be chosen on val (DP-GCL and the issue's outside probe used 8)
+    group_size: int = 16  # target mean group size (sets the public number of bins). In-group contrast needs members:
+    # without noise, val R1 (flat->outline, 1,800 records, one run each) with hashed sub-bins was 29.2 / 36.3 / 40.2
+    # for groups of about 8 / 24 / 48, with hyperplane sub-bins 35.3 / 40.4 / 41.5 for 8 / 16 / 32. Under noise every
+    # group's clipped gradient carries at most C, so smaller groups give more signal per step: 16 keeps nearly all of
+    # 32's score with twice the groups (DP-GCL and the issue's outside probe used 8)
     bins: int | None = None  # sub-bins in every prototype cell (public); None: per cell, from the release's noisy
     # counts (a cell's expected sampled records / group_size), so that groups stay near the target size
     sub_bin: str = "lsh"  # how a prototype cell is split: "hash" (a keyed hash of the record: random group-mates,
     # new ones every step) or "lsh" (random hyperplanes through the prototype, new every step: group-mates with
     # similar caption views, so a person's other photos tend to share the group as pseudo-positives). Without
     # noise, with the other defaults: val R1 36.8 hash, 41.5 lsh (flat->outline, 1,800 records, one run each)
-    max_group: int = 96  # most members a group trains on in one step (the rest of an over-full group sit the step
+    max_group: int = 48  # most members a group trains on in one step (the rest of an over-full group sit the step
     # out, chosen by a keyed hash: still a function of the group alone). Every group is padded to the largest one, so
     # a rare huge group costs the whole step; 3x the target size drops few records
     prototypes: int = 16  # DP k-means prototypes of the records' teacher caption views: the first part of the group
