@@ -91,7 +91,7 @@ def test_group_loss_hand_worked_pair_of_records():
 def _setup(spec="last", seed=0):
     img, txt, t2i, caps_of, g = _site(seed=seed)
     torch.manual_seed(seed)
-    heads = DualHeads(DT, DI, HeadConfig(hidden=16, out_dim=D)).double()
+    heads = DualHeads(DT, DI, HeadConfig(hidden=16, out_dim=D, input_norm=True, hidden_norm=True)).double()
     set_trainable(heads, trainable_names(heads, spec))
     recs = torch.tensor([0, 2, 3, 5, 6, 7, 8, 10])
     gid = torch.tensor([0, 1, 0, 2, 1, 0, 3, 1])  # sizes 3, 3, 1, 1
@@ -151,7 +151,7 @@ def test_clipped_sum_equals_clipped_group_alone_gradients(spec, clipping, path):
 
 
 def test_noise_has_std_z_times_two_c_over_the_normaliser():
-    heads = DualHeads(DT, DI, HeadConfig(hidden=64, out_dim=D)).double()  # a few thousand noised numbers
+    heads = DualHeads(DT, DI, HeadConfig(hidden=64, out_dim=D, input_norm=True, hidden_norm=True)).double()  # a few thousand noised numbers
     trained = [p for p in heads.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in trained]
     step = GroupClippedSGD(heads, torch.optim.SGD(heads.parameters(), lr=1.0), 0.5, 3.0, 4.0, torch.Generator().manual_seed(1))
