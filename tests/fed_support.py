@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SOURCE, TARGET = "flat", "outline"
-HEADS = dict(out_dim=32, hidden=64)  # small heads: tests time the plumbing, not the model
+HEADS = dict(out_dim=32, hidden=64, input_norm=True, hidden_norm=True)  # small heads: tests time the plumbing, not the
+# model; with both LayerNorms, so the federation tests also cover the book-keeping clipper's LayerNorm path
 
 for k, v in {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
              "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_USAGE_STATS_ENABLED": "0",

@@ -22,7 +22,7 @@ DI, DT, D = 12, 10, 8
 
 def _setup(n=6, seed=0):
     g = torch.Generator().manual_seed(seed)
-    heads = DualHeads(DT, DI, HeadConfig(out_dim=D, hidden=16)).double()  # float64: exact comparisons
+    heads = DualHeads(DT, DI, HeadConfig(out_dim=D, hidden=16, input_norm=True, hidden_norm=True)).double()  # float64: exact comparisons
     image = torch.randn(n, DI, generator=g, dtype=torch.float64)
     caps = torch.randn(n, 2, DT, generator=g, dtype=torch.float64)
     mask = torch.ones(n, 2, dtype=torch.float64)
@@ -192,7 +192,7 @@ def test_per_record_image_phase_keeps_the_teachers_text_head():
     from common.train.adapt import AdaptConfig, adapt
 
     fs, bank = _tiny_site()
-    teacher = DualHeads(DT, DI, HeadConfig(out_dim=D, hidden=16))
+    teacher = DualHeads(DT, DI, HeadConfig(out_dim=D, hidden=16, input_norm=True, hidden_norm=True))
     cfg = AdaptConfig(mode="per_record", epochs=2, batch_size=8, prototypes=2, prototype_noise=1.0, text_phase=0.0,
                       whiten=0.0)  # whitening (tested in test_site_whitening.py) would change both last layers
     student, _ = adapt(teacher, fs, bank, cfg)
@@ -204,7 +204,7 @@ def test_per_record_text_phase_trains_the_text_head_only():
     from common.train.adapt import AdaptConfig, adapt
 
     fs, bank = _tiny_site()
-    teacher = DualHeads(DT, DI, HeadConfig(out_dim=D, hidden=16))
+    teacher = DualHeads(DT, DI, HeadConfig(out_dim=D, hidden=16, input_norm=True, hidden_norm=True))
     cfg = AdaptConfig(mode="per_record", epochs=2, batch_size=8, prototypes=0, text_phase=1.0, whiten=0.0)
     student, _ = adapt(teacher, fs, bank, cfg)
     assert _changed(student, teacher, "image_head.") == []
@@ -245,7 +245,7 @@ def test_caption_to_image_with_public_negatives_decomposes():
     from common.losses.caption_to_image import caption_to_image_losses
 
     g = torch.Generator().manual_seed(0)
-    heads = DualHeads(DT, DI, HeadConfig(out_dim=D, hidden=16)).double()
+    heads = DualHeads(DT, DI, HeadConfig(out_dim=D, hidden=16, input_norm=True, hidden_norm=True)).double()
     caps = torch.randn(10, DT, generator=g, dtype=torch.float64)
     rec = torch.tensor([0, 0, 1, 2, 2, 3, 4, 4, 5, 5])
     img = F.normalize(torch.randn(6, D, generator=g, dtype=torch.float64), dim=-1)
@@ -272,7 +272,7 @@ def test_teacher_rounds_continue_from_the_previous_rounds_student_as_teacher():
     from common.train.adapt import AdaptConfig, adapt
 
     fs, bank = _tiny_site()
-    teacher = DualHeads(DT, DI, HeadConfig(out_dim=D, hidden=16))
+    teacher = DualHeads(DT, DI, HeadConfig(out_dim=D, hidden=16, input_norm=True, hidden_norm=True))
     cfg = AdaptConfig(mode="per_record", epochs=2, batch_size=8, prototypes=2, prototype_noise=1.0, text_phase=0.5,
                       teacher_rounds=2, whiten=0.0)
     seen = []

@@ -10,7 +10,7 @@ from common.models.heads import DualHeads, HeadConfig
 
 @pytest.fixture()
 def heads() -> DualHeads:
-    return DualHeads(6, 10, HeadConfig(hidden=8, out_dim=4))
+    return DualHeads(6, 10, HeadConfig(hidden=8, out_dim=4, input_norm=True, hidden_norm=True))
 
 
 def test_presets_pick_the_documented_parameters(heads):

@@ -27,7 +27,7 @@ def _setup(n: int = 9, seed: int = 0):
                     image_pids=torch.full((n,), -1), text_pids=torch.full((len(t2i),), -1),
                     image_paths=[""] * n, captions=[""] * len(t2i))
     torch.manual_seed(seed)
-    heads = DualHeads(DT, DI, HeadConfig(hidden=16, out_dim=8)).double()
+    heads = DualHeads(DT, DI, HeadConfig(hidden=16, out_dim=8, input_norm=True, hidden_norm=True)).double()
     pack = RecordPack.from_features(fs)
     with torch.no_grad():
         t, v = heads.text(fs.text_feats), heads.image(fs.image_feats)

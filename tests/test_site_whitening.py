@@ -78,7 +78,7 @@ def _site(n=24, dt=6, di=5, seed=0):
 
 def test_record_outputs_average_a_records_captions():
     fs, _ = _site()
-    heads = DualHeads(6, 5, HeadConfig(out_dim=4, hidden=8))
+    heads = DualHeads(6, 5, HeadConfig(out_dim=4, hidden=8, input_norm=True, hidden_norm=True))
     z_img, z_txt = record_outputs(heads, fs)
     with torch.no_grad():
         caps = heads.text_head(fs.text_feats)
@@ -88,7 +88,7 @@ def test_record_outputs_average_a_records_captions():
 
 def test_whiten_heads_refuses_a_release_without_noise_and_accounts_the_one_it_makes():
     fs, bank = _site()
-    heads = DualHeads(6, 5, HeadConfig(out_dim=4, hidden=8))
+    heads = DualHeads(6, 5, HeadConfig(out_dim=4, hidden=8, input_norm=True, hidden_norm=True))
     with pytest.raises(ValueError, match="noise multiplier must be positive"):
         whiten_heads(heads, fs, bank.image_feats, bank.text_feats, 0.0, 1.0, None)
     out, history = whiten_heads(heads, fs, bank.image_feats, bank.text_feats, 5.0, 1.0, torch.Generator().manual_seed(0))
@@ -100,7 +100,7 @@ def test_whiten_heads_refuses_a_release_without_noise_and_accounts_the_one_it_ma
 
 def test_per_record_adapt_ends_whitened_and_logs_the_release():
     fs, bank = _site()
-    heads = DualHeads(6, 5, HeadConfig(out_dim=4, hidden=8))
+    heads = DualHeads(6, 5, HeadConfig(out_dim=4, hidden=8, input_norm=True, hidden_norm=True))
     cfg = AdaptConfig(mode="per_record", epochs=1, batch_size=8, prototypes=0, teacher_rounds=1)
     whitened, log = adapt(heads, fs, bank, cfg)
     plain, plain_log = adapt(heads, fs, bank, AdaptConfig(**{**cfg.__dict__, "whiten": 0.0}))
