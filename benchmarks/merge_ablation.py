@@ -8,7 +8,10 @@ process per (pair, seed), each with one torch thread:
     python benchmarks/merge_ablation.py ablation_outline_s0 ablation_outline_s1 ...
 
 Each input holds one seed; the merged file has the mean and (population) std
-over seeds, in the shape `ablation.py` writes.
+over seeds, in the shape `ablation.py` writes. A row of a (pair, seed) that a
+later input also holds is replaced by the later one: a rerun of some rows
+(`--runs pair_finetune ...`, say after their defaults changed) is merged by
+naming it after the full runs.
 """
 
 from __future__ import annotations
@@ -25,16 +28,19 @@ from common.atomic import read_json
 def main(names: list[str]) -> None:
     parts = [read_json(RESULTS / f"{n}.json") for n in names]
     seeds = sorted({s for p in parts for s in p["seeds"]})
-    pairs: dict[tuple[str, str], dict[str, list[dict]]] = {}
-    for part in parts:
+    pairs: dict[tuple[str, str], dict[str, dict[int, dict]]] = {}
+    for name, part in zip(names, parts):
+        if len(part["seeds"]) != 1:
+            raise SystemExit(f"{name}.json holds seeds {part['seeds']}; each input must hold one seed")
         for pair in part["pairs"]:
             runs = pairs.setdefault((pair["source"], pair["target"]), {})
-            for name, m in pair["runs"].items():
-                runs.setdefault(name, []).append(m)
+            for row, m in pair["runs"].items():
+                runs.setdefault(row, {})[part["seeds"][0]] = m  # a later input's row replaces an earlier one's
     out_pairs = []
     for (src, tgt), runs in pairs.items():
         merged = {}
-        for name, ms in runs.items():
+        for name, by_seed in runs.items():
+            ms = [by_seed[s] for s in sorted(by_seed)]
             merged[name] = {"n_seeds": len(ms)}
             for k in METRICS:
                 vals = [m[k] for m in ms]

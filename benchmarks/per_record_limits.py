@@ -28,8 +28,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from bench_utils import command_line, ensure_data, features, machine, write
+from bench_utils import RESULTS, command_line, ensure_data, features, machine, write
 
+from common.atomic import read_json
 from common.metrics.neighbours import neighbour_purity
 from common.models.backbones import build_backbone
 from common.models.heads import HeadConfig
@@ -51,7 +52,8 @@ def score(heads, val) -> dict:
             "caption_purity": neighbour_purity(text, val.text_pids, val.text_to_image)}
 
 
-def run_pair(bb, data: Path, src: str, tgt: str, seed: int, cache, epochs: int) -> dict[str, dict]:
+def run_pair(bb, data: Path, src: str, tgt: str, seed: int, cache, epochs: int,
+             only: tuple[str, ...] = MODELS) -> dict[str, dict]:
     s_train, s_val = features(bb, data, src, "train", cache), features(bb, data, src, "val", cache)
     t_train = features(bb, data, tgt, "train", cache, labels=False)
     t_val = features(bb, data, tgt, "val", cache)
@@ -68,6 +70,8 @@ def run_pair(bb, data: Path, src: str, tgt: str, seed: int, cache, epochs: int) 
     }
     out = {}
     for name, build in models.items():
+        if name not in only:
+            continue
         out[name] = score(build(), t_val)
         print(f"  {src}->{tgt} seed {seed} {name:28s} " + " ".join(f"{k} {v:5.1f}" for k, v in out[name].items()), flush=True)
     return out
@@ -91,21 +95,36 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=AdaptConfig.epochs)
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--name", default="per_record_limits", help="results file stem")
+    ap.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
+                    help="rerun only these rows and replace them in the existing results file (same pairs and seeds), "
+                         "say after their defaults changed; the others stay as they were measured")
     args = ap.parse_args()
+    previous = None
+    if set(args.models) != set(MODELS):
+        previous = read_json(RESULTS / f"{args.name}.json")
+        if previous["seeds"] != args.seeds or [f"{p['source']}:{p['target']}" for p in previous["pairs"]] != args.pairs:
+            raise SystemExit(f"{args.name}.json holds other pairs or seeds than --pairs/--seeds; rerun every model")
     data = ensure_data(args.data)
     bb = build_backbone(args.backbone)
     t0 = time.perf_counter()
     pairs = []
     for pair in args.pairs:
         src, tgt = pair.split(":")
-        seeds = [run_pair(bb, data, src, tgt, s, args.cache, args.epochs) for s in args.seeds]
-        pairs.append({"source": src, "target": tgt, "split": "val", "models": {n: summarise([s[n] for s in seeds]) for n in MODELS}})
-        report(args, pairs, t0)
+        seeds = [run_pair(bb, data, src, tgt, s, args.cache, args.epochs, tuple(args.models)) for s in args.seeds]
+        models = {n: summarise([s[n] for s in seeds]) for n in args.models}
+        if previous is not None:
+            models = {n: models.get(n, previous["pairs"][len(pairs)]["models"][n]) for n in MODELS}
+        pairs.append({"source": src, "target": tgt, "split": "val", "models": models})
+        report(args, pairs, t0, previous)
 
 
-def report(args, pairs: list[dict], t0: float) -> None:
+def report(args, pairs: list[dict], t0: float, previous: dict | None = None) -> None:
+    commands = [*previous.get("commands", [previous["command"]]), command_line()] if previous else [command_line()]
+    if previous is not None:  # the rows not rerun keep their figures; the pairs not yet rerun, theirs
+        pairs = pairs + previous["pairs"][len(pairs):]
     payload = {"backbone": args.backbone, "seeds": args.seeds, "epochs": args.epochs, "no_noise_multiplier": NO_NOISE,
-               "pairs": pairs, "command": command_line(), "machine": machine(), "seconds": round(time.perf_counter() - t0, 1)}
+               "pairs": pairs, "command": commands[-1], "commands": commands, "machine": machine(),
+               "seconds": round(time.perf_counter() - t0, 1)}
     lines = [
         f"Target **val** split, mean over seeds {args.seeds}; backbone `{args.backbone}`. Purity: share of images whose "
         "nearest other image, and of captions whose nearest caption of another record, is the same person.",
@@ -118,7 +137,8 @@ def report(args, pairs: list[dict], t0: float) -> None:
             m = p["models"][n]
             lines.append(f"| {n} | {p['source']}→{p['target']} | " + " | ".join(f"{m[k]:.1f} ± {m[k + '_std']:.1f}" for k in SCORES) + " |")
     lines += ["", f"`gckd_per_record_exact_stats` releases its statistics at noise multiplier {NO_NOISE}: no privacy, a diagnostic.",
-              f"Command: `{payload['command']}`; {payload['machine']['cores']} cores, {payload['seconds']} s."]
+              "Commands: " + "; then ".join(f"`{c}`" for c in commands) + f"; {payload['machine']['cores']} cores, "
+              f"{payload['seconds']} s (the last)."]
     write(args.name, payload, "\n".join(lines) + "\n")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import bench_utils  # noqa: E402
 import dp_step  # noqa: E402
+import merge_ablation  # noqa: E402
 import run_all  # noqa: E402
 import scale  # noqa: E402
 
@@ -87,3 +90,26 @@ def test_ablation_jobs_cover_every_pair_and_seed():
     names = run_all.ablation_names()
     assert len(names) == len(set(names)) == len(run_all.PAIRS) * len(run_all.SEEDS)
     assert "ablation_outline" in names and "ablation_shaded_s2" in names
+
+
+def _part(seed: int, rows: dict[str, float]) -> dict:
+    runs = {name: {k: r1 if k == "R1" else 1.0 for k in bench_utils.METRICS} for name, r1 in rows.items()}
+    return {"backbone": "b", "seeds": [seed], "epochs": 1, "command": f"part {seed}",
+            "pairs": [{"source": "flat", "target": "outline", "runs": runs}]}
+
+
+def test_merge_ablation_means_over_seeds_and_a_later_rerun_replaces_its_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(merge_ablation, "RESULTS", tmp_path)
+    monkeypatch.setattr(bench_utils, "RESULTS", tmp_path)
+    parts = {"a0": _part(0, {"direct": 10.0, "pair_finetune": 50.0}), "a1": _part(1, {"direct": 12.0, "pair_finetune": 54.0}),
+             "rerun0": _part(0, {"pair_finetune": 58.0})}  # seed 0's pair_finetune rerun after its defaults changed
+    for name, part in parts.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(part))
+    merge_ablation.main(["a0", "a1", "rerun0"])
+    runs = json.loads((tmp_path / "ablation.json").read_text())["pairs"][0]["runs"]
+    assert runs["direct"]["R1"] == 11.0 and runs["direct"]["n_seeds"] == 2
+    assert runs["pair_finetune"]["R1"] == 56.0 and runs["pair_finetune"]["R1_std"] == 2.0  # (58 + 54) / 2, not 3 seeds
+    assert runs["pair_finetune"]["n_seeds"] == 2
+    (tmp_path / "two.json").write_text(json.dumps({**parts["a0"], "seeds": [0, 1]}))
+    with pytest.raises(SystemExit, match="one seed"):
+        merge_ablation.main(["two"])
