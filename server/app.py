@@ -8,7 +8,8 @@ and after every completed round ``checkpoint.safetensors`` (`server.checkpoint`)
 With ``resume=true`` the server continues from that checkpoint: the student,
 the teacher, the run log and the run key come back, and the rounds after the
 last completed one run (a round that was under way when the server stopped
-runs again, from the start).
+runs again, from the start). The server optimiser's state (moments, step count)
+comes back too.
 """
 
 from __future__ import annotations
@@ -77,10 +78,12 @@ def run(grid: Grid, run_config: Mapping[str, Any], overrides: Mapping[str, Any] 
     def checkpoint(server_round: int) -> None:
         student, teacher = task.heads_state()
         py_rng, torch_rng = capture_rng()
+        opt_meta, opt_arrays = inner.server_opt.state()
         save_checkpoint(cfg.out_dir, ServerCheckpoint(
             round=server_round, config=cfg.to_run_config(), run_key=inner.run_key, student=student, teacher=teacher,
             run_log=run_log.state(), strategy={"run_key": inner.run_key, "round_offset": inner.round_offset},
-            python_rng=py_rng, torch_rng=torch_rng, ledger_summary=run_log.summary()))
+            python_rng=py_rng, torch_rng=torch_rng, ledger_summary=run_log.summary(), optimizer=opt_meta,
+            optimizer_arrays=opt_arrays))
 
     def round_end(flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if cfg.resume and flower_round == 0:  # the checkpointed round is already on the record
@@ -117,6 +120,7 @@ def _resume(cfg: FedConfig, task: ServerTask, run_log: RunLog, strategy: FedGCKD
     task.restore(ck.student, ck.teacher)
     run_log.restore(ck.run_log)
     strategy.round_offset, strategy.run_key = ck.round, ck.run_key
+    strategy.server_opt.load_state(ck.optimizer, ck.optimizer_arrays)
     restore_rng(ck)
     log.info("fedgckd: resuming after round %d of %d from %s", ck.round, cfg.rounds, cfg.out_dir)
     return ck.round

@@ -6,12 +6,14 @@ leaves either the previous round's checkpoint or this one, never half a file.
 It holds:
 - arrays: the global student's and the EMA teacher's head weights
   (``student.*``, ``teacher.*``; all of them, not only the trainable ones)
-  and torch's CPU RNG state (``rng.torch``);
+  and torch's CPU RNG state (``rng.torch``), and the server optimiser's
+  moments (``opt.m.*``, ``opt.v.*``, float64; `common.federation.server_optimizer`);
 - metadata (JSON): format, the last completed round, the run config, the run
   key (sites key their per-run progress by it), Python's ``random`` state,
-  the strategy's state, the run log (every round's row, every site's ledger
-  entries, every refusal/rejection/error event, the server's own site-level
-  ledgers) and a ledger summary (epsilon per site so far).
+  the strategy's state, the server optimiser's kind and step count, the run
+  log (every round's row, every site's ledger entries, every
+  refusal/rejection/error event, the server's own site-level ledgers) and a
+  ledger summary (epsilon per site so far).
 
 Not saved, on purpose: the generators of DP randomness. The sampling of
 sites (the strategy's generator, seeded from ``secrets``) and the central
@@ -35,7 +37,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
 from common.atomic import atomic_write_bytes
-from common.federation.config import ConfigError
+from common.federation.config import ConfigError, FedConfig
 
 FILE = "checkpoint.safetensors"
 FORMAT = "fedgckd-server-checkpoint/1"
@@ -56,6 +58,8 @@ class ServerCheckpoint:
     torch_rng: np.ndarray | None = None
     ledger_summary: dict = field(default_factory=dict)
     saved_at: float = 0.0
+    optimizer: dict = field(default_factory=dict)  # ServerOptimizer.state()[0]: kind, steps ({} = fresh)
+    optimizer_arrays: dict[str, np.ndarray] = field(default_factory=dict)  # ServerOptimizer.state()[1]
 
 
 def path_of(out_dir: Path | str) -> Path:
@@ -84,9 +88,10 @@ def save_checkpoint(out_dir: Path | str, ck: ServerCheckpoint) -> Path:
     tensors.update({f"teacher.{k}": np.ascontiguousarray(v) for k, v in ck.teacher.items()})
     if ck.torch_rng is not None:
         tensors["rng.torch"] = np.ascontiguousarray(ck.torch_rng, dtype=np.uint8)
+    tensors.update({f"opt.{k}": np.ascontiguousarray(v) for k, v in ck.optimizer_arrays.items()})
     meta = {"format": FORMAT, "round": int(ck.round), "config": ck.config, "run_key": ck.run_key,
             "run_log": ck.run_log, "strategy": ck.strategy, "python_rng": ck.python_rng,
-            "ledger_summary": ck.ledger_summary, "saved_at": time.time()}
+            "ledger_summary": ck.ledger_summary, "optimizer": ck.optimizer, "saved_at": time.time()}
     blob = save(tensors, metadata={"format": FORMAT, "state-json": json.dumps(meta, sort_keys=True)})
     return atomic_write_bytes(path_of(out_dir), blob)
 
@@ -114,13 +119,18 @@ def load_checkpoint(out_dir: Path | str) -> ServerCheckpoint:
                             student=part("student."), teacher=part("teacher."), run_log=meta["run_log"],
                             strategy=meta.get("strategy", {}), python_rng=meta.get("python_rng"),
                             torch_rng=arrays.get("rng.torch"), ledger_summary=meta.get("ledger_summary", {}),
-                            saved_at=float(meta.get("saved_at", 0.0)))
+                            saved_at=float(meta.get("saved_at", 0.0)), optimizer=meta.get("optimizer", {}),
+                            optimizer_arrays=part("opt."))
 
 
 def check_same_run(saved: dict, now: dict) -> None:
-    """A resumed run must be the same run: every run-config key but the operational ones must match."""
+    """A resumed run must be the same run: every run-config key but the operational ones must match.
+
+    A key the checkpoint lacks (it was written before the key existed) matches its default, which is how that
+    run ran."""
+    defaults = FedConfig().to_run_config()
     keys = (set(saved) | set(now)) - OPERATIONAL_KEYS
-    diff = sorted(k for k in keys if saved.get(k) != now.get(k))
+    diff = sorted(k for k in keys if saved.get(k, defaults.get(k)) != now.get(k))
     if diff:
         shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:6])
         raise ConfigError(f"cannot resume: the run config differs from the checkpoint's ({shown}); "

@@ -21,6 +21,12 @@ checks every update (`common.federation.validation`) and rejects bad ones
   expected number of sampled sites), so that one site moves the sum by at
   most the clip norm and Flower's DP wrapper's noise (std sigma*S/k on the
   average) is the calibrated Gaussian mechanism on the sum.
+Then the server optimiser (``server-optimizer``: fedavg | fedavgm | fedadam,
+`common.federation.server_optimizer`) takes one step on the pseudo-gradient
+aggregate - broadcast. It reads only what the sites released (under
+site-level DP: after the wrapper added the central noise, see `SiteLevelDP`),
+so it is post-processing and costs no privacy. A round that aggregates
+nothing takes no step.
 
 Resuming (`round_offset`): Flower's loop counts rounds from 1; a server
 resumed after round R sets the offset to R, so sites, logs and ledgers see
@@ -43,6 +49,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, 
 
 from common.federation.config import FedConfig
 from common.federation.outbound import REFUSED
+from common.federation.server_optimizer import ServerOptimizer
 from common.federation.validation import max_delta_norm, validate_update
 from common.privacy.ledger import Spend
 from common.privacy.ledger_metrics import from_metrics
@@ -74,6 +81,8 @@ class FedGCKD(FedAvg):
         self.took_part: set[str] = set()
         self.round_offset = 0  # rounds completed before this process started (resume)
         self.run_key = ""
+        self.server_opt = ServerOptimizer(cfg.server_opt_settings())  # its state is in the server checkpoint
+        self.step_after_noise = False  # SiteLevelDP sets it: the optimiser must then read the noised aggregate
 
     def real_round(self, flower_round: int) -> int:
         return flower_round + self.round_offset
@@ -197,7 +206,17 @@ class FedGCKD(FedAvg):
                                 "errors": sum(r.has_error() for r in replies)})
         if not accepted or not weight_ok(accepted):
             return None, summary
-        return ArrayRecord({k: Array(v) for k, v in self._combine(accepted).items()}), summary
+        aggregate = ArrayRecord({k: Array(v) for k, v in self._combine(accepted).items()})
+        return (aggregate if self.step_after_noise else self.server_step(aggregate)), summary
+
+    def server_step(self, aggregate: ArrayRecord | None) -> ArrayRecord | None:
+        """The server optimiser's step from the broadcast to the released aggregate (None: no step, state kept)."""
+        if aggregate is None:
+            return None
+        new = self.server_opt.step(self.broadcast, {k: v.numpy() for k, v in aggregate.items()})
+        if self.server_opt.is_identity:  # plain FedAvg: the aggregate itself, bit for bit
+            return aggregate
+        return ArrayRecord({k: Array(v) for k, v in new.items()})
 
     def _combine(self, accepted: list[tuple[dict[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
         base = {k: np.asarray(v, dtype=np.float64) for k, v in self.broadcast.items()}
@@ -226,9 +245,18 @@ class SiteLevelDP(DifferentialPrivacyClientSideFixedClipping):
     Error replies are logged and set aside before the wrapper sees them: the
     wrapper would otherwise skip the whole round's aggregation for one failed
     site. Leaving a site out only removes its (bounded) term from the sum.
+
+    The server optimiser steps here, on the wrapper's output: the aggregate
+    with the central Gaussian noise added (never the raw sum, which is not
+    a DP release).
     """
+
+    def __init__(self, strategy: FedGCKD, *args, **kwargs):
+        super().__init__(strategy, *args, **kwargs)
+        strategy.step_after_noise = True
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
         self.strategy.note_errors(self.strategy.real_round(server_round), [r for r in replies if r.has_error()])
-        return super().aggregate_train(server_round, [r for r in replies if not r.has_error()])
+        noised, metrics = super().aggregate_train(server_round, [r for r in replies if not r.has_error()])
+        return self.strategy.server_step(noised or None), metrics

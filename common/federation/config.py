@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from common.federation.server_optimizer import AUTO_LR, KINDS as SERVER_OPTIMIZERS, ServerOptSettings
+
 PRIVACY_MODES = ("none", "record", "site")
 LOSS_MODES = ("full", "per-record", "grouped")
 PARTITIONS = ("by-identity", "dirichlet", "by-style")
@@ -69,6 +71,17 @@ class FedConfig:
     sample_rate: float = 0.25  # Poisson rate of DP-SGD at each site; at a fixed epsilon larger batches give a better
     # signal-to-noise ratio (noise std of the mean gradient ~ sigma/(q N), and sigma grows slower than q)
     accountant: str = "rdp"  # Opacus RDP is primary (docs/privacy.md, section 7)
+    # --- server optimiser on the aggregated update (post-processing of what the sites released: no privacy cost) ---
+    server_optimizer: str = "fedavg"  # fedavg | fedavgm | fedadam (common/federation/server_optimizer.py); fedavg at
+    # server-lr 1 is plain FedAvg, bit for bit, so the default changes nothing
+    server_lr: float = 0.0  # 0 = automatic: 1 for fedavg/fedavgm (the plain average's own step), 1e-2 for fedadam
+    # (it moves each coordinate by about lr per round; 1e-2 is the sites' own per-coordinate update size)
+    server_momentum: float = 0.9  # fedavgm: Hsu et al. 2019's usual value; the steady-state step is lr/(1-momentum)
+    # times the mean update, and the noise of a round's aggregate averages over ~1/(1-momentum) rounds
+    server_beta1: float = 0.9  # fedadam first moment: Reddi et al. 2021 and Flower's FedAdam default
+    server_beta2: float = 0.99  # fedadam second moment: Reddi et al. 2021 and Flower's FedAdam default
+    server_tau: float = 1e-3  # fedadam adaptivity floor: Reddi et al. 2021's choice for most tasks (Flower's default);
+    # coordinates that move much less than tau per round get a plain momentum step of lr/tau instead of Adam's ~lr
     # --- server-side checks ---
     max_update_norm: float = 0.0  # 0 = automatic (site: clip-norm; otherwise 2 x norm of the broadcast); record-level
     # sites scale their update to this bound before sending (DP noise alone can exceed it)
@@ -124,6 +137,12 @@ class FedConfig:
         """'none' (every site, q=1) or 'poisson' (each site independently at rate k/sites)."""
         return "none" if self.sampled_per_round == self.sites else "poisson"
 
+    def server_opt_settings(self) -> ServerOptSettings:
+        """The server optimiser's settings, server-lr 0 resolved to the optimiser's automatic value."""
+        lr = self.server_lr if self.server_lr > 0 else AUTO_LR[self.server_optimizer]
+        return ServerOptSettings(self.server_optimizer, lr, self.server_momentum, self.server_beta1,
+                                 self.server_beta2, self.server_tau)
+
     def prototype_noise_multiplier(self) -> float:
         """Noise of each DP prototype release: prototype-noise if > 0, else the noise at which the whole run's
         releases (rounds x `prototype_releases_per_round`) cost prototype-budget-share of epsilon alone."""
@@ -149,6 +168,7 @@ class FedConfig:
         _one_of("mode", self.mode, LOSS_MODES)
         _one_of("partition", self.partition, PARTITIONS)
         _one_of("accountant", self.accountant, ("rdp", "prv"))
+        _one_of("server-optimizer", self.server_optimizer, SERVER_OPTIMIZERS)
         if self.privacy == "record" and self.mode not in ("per-record", "grouped"):
             raise ConfigError(
                 "privacy=record needs mode=per-record or mode=grouped: in full mode a record's loss reads other "
@@ -168,6 +188,10 @@ class FedConfig:
             ("alpha", self.alpha > 0), ("lr", self.lr >= 0), ("batch-size", self.batch_size >= 1),
             ("max-update-norm", self.max_update_norm >= 0), ("train-params", bool(self.train_params.strip())),
             ("site-wait", self.site_wait >= 0 and math.isfinite(self.site_wait)),
+            ("server-lr", self.server_lr >= 0 and math.isfinite(self.server_lr)),
+            ("server-momentum", 0 <= self.server_momentum < 1), ("server-beta1", 0 <= self.server_beta1 < 1),
+            ("server-beta2", 0 <= self.server_beta2 < 1),
+            ("server-tau", self.server_tau > 0 and math.isfinite(self.server_tau)),
         ]
         bad = [name for name, ok in checks if not ok]
         if bad:
