@@ -71,6 +71,10 @@ def test_mutual_neighbours_hand_worked():
     assert m.nonzero().tolist() == [[0, 1], [1, 0]]
     m2 = mutual_in_group(view, torch.tensor([[True, False, True, True]]), 1)[0]  # slot 1 padded
     assert m2.nonzero().tolist() == [[0, 2], [2, 0]]
+    # a floor on the cosine: cos(0.1) = 0.995 keeps (0, 1); cos(0.25) = 0.969 drops (0, 2) when slot 1 is padded
+    assert mutual_in_group(view, torch.ones(1, 4, dtype=torch.bool), 1, min_sim=0.99)[0].nonzero().tolist() == [[0, 1], [1, 0]]
+    assert not mutual_in_group(view, torch.tensor([[True, False, True, True]]), 1, min_sim=0.99).any()
+    assert not mutual_in_group(view, torch.ones(1, 4, dtype=torch.bool), 1, min_sim=0.999).any()
 
 
 def test_group_loss_hand_worked_pair_of_records():

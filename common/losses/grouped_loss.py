@@ -105,14 +105,16 @@ def group_targets(r_img: torch.Tensor, r_txt: torch.Tensor, slot: torch.Tensor) 
     return torch.cat([r_img.reshape(g, -1), r_txt.reshape(g, -1), slot.to(r_img.dtype)], 1)
 
 
-def mutual_in_group(view: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
-    """[G, R, R] bool: records i and j of a group are among each other's k nearest group-mates by ``view``."""
+def mutual_in_group(view: torch.Tensor, mask: torch.Tensor, k: int, min_sim: float | None = None) -> torch.Tensor:
+    """[G, R, R] bool: records i and j of a group are among each other's k nearest group-mates by ``view`` (and,
+    with ``min_sim``, their views' cosine is at least that)."""
     g, r = mask.shape
     if k <= 0 or r < 2:
         return torch.zeros(g, r, r, dtype=torch.bool)
     sim = (view @ view.transpose(1, 2)).masked_fill(~(mask[:, :, None] & mask[:, None, :]) | torch.eye(r, dtype=torch.bool), float("-inf"))
     val, idx = sim.topk(min(k, r - 1), dim=2)
-    near = torch.zeros(g, r, r, dtype=torch.bool).scatter_(2, idx, torch.isfinite(val))
+    ok = torch.isfinite(val) if min_sim is None else torch.isfinite(val) & (val >= min_sim)
+    near = torch.zeros(g, r, r, dtype=torch.bool).scatter_(2, idx, ok)
     return near & near.transpose(1, 2)
 
 
@@ -147,8 +149,10 @@ class GroupLoss(nn.Module):
     """Per-group loss [G] from (student rows, target rows); Opacus' criterion contract (``.reduction``)."""
 
     def __init__(self, public_images: torch.Tensor, public_texts: torch.Tensor, cfg: CMKDConfig, dim: int,
-                 neighbours: int = 2, pseudo_positives: bool = True, reduction: str = "none"):
+                 neighbours: int = 2, pseudo_positives: bool = True, reduction: str = "none",
+                 positive_min_sim: float | None = None):
         super().__init__()
+        self.positive_min_sim = positive_min_sim
         self.public_images, self.public_texts = public_images.detach(), public_texts.detach()
         self.cfg, self.d, self.neighbours, self.pseudo_positives = cfg, dim, neighbours, pseudo_positives
         self.reduction = reduction
@@ -166,7 +170,7 @@ class GroupLoss(nn.Module):
         own_f = own.to(out.dtype)
         r_pair = F.normalize(own_f.transpose(1, 2) @ r_txt.detach(), dim=-1)  # [G, Ri, D] mean refined caption
         s_pair = F.normalize(own_f.transpose(1, 2) @ s_txt, dim=-1)
-        mutual = mutual_in_group(r_pair, mi, self.neighbours)  # [G, Ri, Ri]
+        mutual = mutual_in_group(r_pair, mi, self.neighbours, self.positive_min_sim)  # [G, Ri, Ri]
         gather = slot[..., None].expand(g, rt, d)
         # captions -> images of the group
         lt = _side(s_txt, s_img.gather(1, gather), s_img, r_txt.detach(), r_img.detach().gather(1, gather), r_img.detach(),

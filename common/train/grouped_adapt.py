@@ -101,7 +101,8 @@ def adapt_grouped(teacher_heads: DualHeads, target: FeatureSet, bank: PublicBank
             if s % cfg.refresh_steps == 0 and s:
                 a_img, a_txt = bank.embed(momentum_teacher)  # public anchors follow the momentum teacher
             loss = site.step(sgd, site.sample(generator), momentum_teacher, views, protos, a_img, a_txt, step_no,
-                             cfg.gmp if cfg.use_gmp else None, cfg.cmkd, g.neighbours, g.pseudo_positives)
+                             cfg.gmp if cfg.use_gmp else None, cfg.cmkd, g.neighbours, g.pseudo_positives,
+                             g.positive_min_sim)
             if loss == loss:
                 losses.append(loss)
             if cfg.momentum < 1.0:

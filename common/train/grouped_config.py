@@ -55,6 +55,8 @@ class GroupedConfig:
     neighbours: int = 2  # a group member's nearest group-mates (by the refined mean caption) that may become mutual
     # pseudo-positives; full mode's groups are a seed and its 2 nearest
     pseudo_positives: bool = True  # mutual neighbours in a group share the own pair's target mass (full mode's rule)
+    positive_min_sim: float | None = None  # pseudo-positives also need at least this cosine between the two records'
+    # refined caption views (None: no floor)
     clipping: str = "auto"  # "auto": book-keeping ghost clipping (one backward pass), "opacus": Opacus' ghost clipping
 
 

@@ -71,7 +71,8 @@ class GroupedSite:
 
     def prepare(self, recs: torch.Tensor, teacher: DualHeads, views: torch.Tensor, protos: torch.Tensor,
                 anchor_images: torch.Tensor, anchor_texts: torch.Tensor, step_no: int, gmp: GMPConfig | None,
-                cmkd: CMKDConfig, neighbours: int, pseudo_positives: bool) -> tuple[GroupPack, torch.Tensor, GroupLoss]:
+                cmkd: CMKDConfig, neighbours: int, pseudo_positives: bool,
+                positive_min_sim: float | None = None) -> tuple[GroupPack, torch.Tensor, GroupLoss]:
         """(the sampled records ``recs`` packed by group, the teacher's in-group targets, the group loss)."""
         gid = groups_of(group_keys(views[recs], protos, self.uids[recs], step_no, self.bins, self.sub_bin))
         keep = cap_groups(gid, self.uids[recs], step_no, self.cap)
@@ -84,7 +85,8 @@ class GroupedSite:
             if gmp is not None:
                 public = torch.cat([anchor_images, anchor_texts, protos])
                 t_img, t_txt = propagate_groups(t_img, pack.mi, t_txt, pack.mt, pack.slot, public, gmp)
-        crit = GroupLoss(anchor_images, anchor_texts, cmkd, teacher.cfg.out_dim, neighbours, pseudo_positives)
+        crit = GroupLoss(anchor_images, anchor_texts, cmkd, teacher.cfg.out_dim, neighbours, pseudo_positives,
+                         positive_min_sim=positive_min_sim)
         return pack, group_targets(t_img * pack.mi[..., None], t_txt * pack.mt[..., None], pack.slot), crit
 
     def step(self, sgd: GroupClippedSGD, recs: torch.Tensor, *args) -> float:

@@ -43,10 +43,12 @@ PROFILES: dict[str, Profile] = {
     # minute. Not a quality benchmark: val/test are kept small.
     "scale": Profile(name="scale", identities=(2000, 100, 100), images_per_identity=2, size=(32, 64),
                      domains=("flat", "outline")),
-    # For the site-size benchmark (benchmarks/site_size.py): one target domain
-    # with ten times the default's train identities, so that ten sites can hold
-    # 180, 600 or 1,800 records each (the default benchmark gives them 180).
-    # Same image size and val/test sizes as the default.
+    # For realistic site sizes (benchmarks/site_size.py, the grouped-DP and
+    # federated benchmarks): the two target domains with ten times the
+    # default's train identities (18,000 records each: the scale of RSTPReid,
+    # about half of CUHK-PEDES), so that ten sites hold about 1,800 records
+    # each, or one site all of them. The source stays the default profile's
+    # flat domain. Same image size and val/test sizes as the default.
     "sites": Profile(name="sites", identities=(6000, 200, 200), images_per_identity=3, size=(64, 128),
-                     domains=("outline",)),
+                     domains=("outline", "shaded")),
 }
