@@ -62,10 +62,13 @@ def variant_configs(seed: int, epochs: int) -> dict[str, AdaptConfig]:
 
 
 def run_pair(bb, data: Path, src: str, tgt: str, seed: int, cache, epochs: int, only: set[str],
-             split: str = "test") -> dict[str, dict]:
+             split: str = "test", target_data: Path | None = None) -> dict[str, dict]:
+    """One seed of every variant in ``only``; the target comes from ``target_data`` (default: ``data``), e.g. the
+    `sites` profile's 18,000-record targets with the default profile's source (benchmarks/grouped_dp.py)."""
+    t_data = data if target_data is None else target_data
     s_train, s_val = features(bb, data, src, "train", cache), features(bb, data, src, "val", cache)
-    t_train = features(bb, data, tgt, "train", cache, labels=False)
-    t_test = features(bb, data, tgt, split, cache)
+    t_train = features(bb, t_data, tgt, "train", cache, labels=False)
+    t_test = features(bb, t_data, tgt, split, cache)
     teacher, _ = pretrain(s_train, s_val, HeadConfig(), PretrainConfig(seed=seed))
     bank = PublicBank.from_source(s_train, 2048, seed=seed)
     out: dict[str, dict] = {}
@@ -96,7 +99,7 @@ def run_pair(bb, data: Path, src: str, tgt: str, seed: int, cache, epochs: int, 
     if only & {"oracle", "oracle_scratch"}:
         # the ceiling: target identity labels, chosen on target val (labels too); "oracle" starts from the source
         # teacher (the stronger of the two), "oracle_scratch" from fresh heads
-        t_train_labels, t_val = features(bb, data, tgt, "train", cache), features(bb, data, tgt, "val", cache)
+        t_train_labels, t_val = features(bb, t_data, tgt, "train", cache), features(bb, t_data, tgt, "val", cache)
         if "oracle" in only:
             record("oracle", pretrain(t_train_labels, t_val, HeadConfig(), PretrainConfig(seed=seed, select="val"), init=teacher)[0])
         if "oracle_scratch" in only:

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import bench_utils  # noqa: E402
 import dp_step  # noqa: E402
+import grouped_dp  # noqa: E402
 import merge_ablation  # noqa: E402
 import run_all  # noqa: E402
 import scale  # noqa: E402
@@ -113,3 +114,30 @@ def test_merge_ablation_means_over_seeds_and_a_later_rerun_replaces_its_rows(tmp
     (tmp_path / "two.json").write_text(json.dumps({**parts["a0"], "seeds": [0, 1]}))
     with pytest.raises(SystemExit, match="one seed"):
         merge_ablation.main(["two"])
+
+
+def test_grouped_dp_merge_has_the_issue_shape_means_and_epsilons(tmp_path, monkeypatch):
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    monkeypatch.setattr(grouped_dp, "PARTS", parts)
+    monkeypatch.setattr(grouped_dp, "RESULTS", tmp_path)
+    monkeypatch.setattr(bench_utils, "RESULTS", tmp_path)
+
+    def part(profile, seed, split, rows):
+        return {"profile": profile, "pair": "flat->outline", "seed": seed, "split": split, "command": f"c{seed}", "rows": rows}
+    files = {"default_outline_s0": part("default", 0, "test", {"direct": {"R1": 10.0, "mAP": 8.0},
+                                                               "gckd_grouped_dp_eps8": {"R1": 20.0, "mAP": 15.0, "epsilon": 7.9}}),
+             "default_outline_s1": part("default", 1, "test", {"direct": {"R1": 12.0, "mAP": 9.0},
+                                                               "gckd_grouped_dp_eps8": {"R1": 30.0, "mAP": 25.0, "epsilon": 7.95}}),
+             "default_outline_s1_val": part("default", 1, "val", {"direct": {"R1": 99.0, "mAP": 99.0}}),  # never merged
+             "sites_outline_s0": part("sites", 0, "test", {"gckd_full": {"R1": 80.0, "mAP": 70.0}})}
+    for name, body in files.items():
+        (parts / f"{name}.json").write_text(json.dumps(body))
+    out = grouped_dp.merge()
+    d = out["runs"]["default"]["flat->outline"]
+    assert d["direct"] == {"R1": 11.0, "mAP": 8.5, "epsilon": None, "seeds": [0, 1]}
+    assert d["gckd_grouped_dp_eps8"] == {"R1": 25.0, "mAP": 20.0, "epsilon": 7.95, "seeds": [0, 1]}
+    assert out["runs"]["sites"]["flat->outline"]["gckd_full"]["R1"] == 80.0
+    assert list(out["runs"]) == ["default", "sites"] and out["delta"] == 1e-5 and out["unit"] == "record"
+    assert json.loads((tmp_path / "grouped_dp.json").read_text())["runs"] == out["runs"]
+    assert (tmp_path / "grouped_dp.svg").read_text().lstrip().startswith("<?xml")
