@@ -6,7 +6,7 @@ clipped group gradients moves by at most Delta = 2C. The cases the contract name
 empty group, out of a one-member group, into the largest group. A hypothesis sweep covers group sizes (prototypes
 and bins, one count for all cells or one per cell, hashed or hyperplane sub-bins, a cap on the members a group
 trains on), trained-parameter
-presets, clip norms and both clipping paths. The same harness, pointed at per-sample
+presets (low-rank adapters included), clip norms and both clipping paths. The same harness, pointed at per-sample
 clipping of a plain in-batch InfoNCE (whose accountant would assume Delta = C), reports a violation, so the test
 can fail.
 """
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from common.checkpoint import load_checkpoint
@@ -26,6 +26,7 @@ from common.federation.trainable import set_trainable, trainable_names
 from common.graph.gmp import GMPConfig
 from common.losses.cmkd import CMKDConfig
 from common.models.backbones import build_backbone
+from common.models.low_rank import attach_low_rank, public_bases
 from common.pipeline import domain_features
 from common.privacy.site_prototypes import dp_kmeans
 from common.train.bookkeeping_clip import BookkeepingClipper, clippable_layers
@@ -90,6 +91,12 @@ def _grouped(preset="all", clipping="auto", prototypes=4, bins=2, clip=0.05, see
         g = torch.Generator().manual_seed(seed)
         for p in student.parameters():
             p.add_(0.02 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    if preset.startswith("lowrank:"):  # adapters on the teacher's bases from public source features, B moved off 0
+        attach_low_rank(student, public_bases(teacher, *_public(), int(preset.split(":")[1])))
+        with torch.no_grad():
+            for n, p in student.named_parameters():
+                if n.endswith(".B.weight"):
+                    p.add_(0.02 * torch.randn(p.shape, generator=g, dtype=p.dtype))
     set_trainable(student, trainable_names(student, preset))
     views = record_views(teacher, tgt)
     protos = dp_kmeans(views, prototypes, 1, 1.0, a_txt[:prototypes], g).prototypes if prototypes else views[:0]
@@ -99,6 +106,15 @@ def _grouped(preset="all", clipping="auto", prototypes=4, bins=2, clip=0.05, see
         bins = torch.randint(1, bins + 1, (prototypes,), generator=g)
     site = GroupedSite.build(tgt, 0.5, bins, b"adjacency", cap, sub_bin)
     return Grouped(stepper, site, teacher, views, protos, (a_img, a_txt), tgt, 2 * clip)
+
+
+@functools.lru_cache(maxsize=1)
+def _public():
+    """Public source features (the anchors' inputs) in float64, for low-rank adapters' bases."""
+    bench = shared_bench()
+    src = domain_features(build_backbone(load_checkpoint(bench.teacher).backbone), bench.data, SOURCE, "train",
+                          cache_dir=bench.cache)
+    return src.image_feats[:48].double(), src.text_feats[:48].double()
 
 
 def _naive_infonce(clip=0.05, seed=0):
@@ -166,10 +182,14 @@ def test_group_clipping_moves_the_sum_by_at_most_two_c_in_every_contract_case():
 
 
 @settings(max_examples=12, deadline=None)
-@given(preset=st.sampled_from(["last", "all", "norms+biases"]), clipping=st.sampled_from(["auto", "opacus"]),
+@given(preset=st.sampled_from(["last", "all", "norms+biases", "lowrank:4"]), clipping=st.sampled_from(["auto", "opacus"]),
        prototypes=st.sampled_from([0, 2, 6]), bins=st.integers(1, 6), clip=st.floats(0.005, 5.0),
        rate=st.floats(0.1, 0.9), seed=st.integers(0, 1000), per_cell=st.booleans(), cap=st.sampled_from([0, 1, 2, 3]),
        sub_bin=st.sampled_from(["hash", "lsh"]))
+@example(preset="lowrank:4", clipping="auto", prototypes=2, bins=3, clip=0.05, rate=0.5, seed=3, per_cell=True, cap=0,
+         sub_bin="lsh")  # the adapters on both clipping paths in every run, whatever the draw
+@example(preset="lowrank:4", clipping="opacus", prototypes=6, bins=2, clip=0.5, rate=0.3, seed=4, per_cell=False, cap=2,
+         sub_bin="hash")
 def test_group_clipping_sweep(preset, clipping, prototypes, bins, clip, rate, seed, per_cell, cap, sub_bin):
     s = _grouped(preset, clipping, prototypes, bins, clip, seed, per_cell, cap, sub_bin)
     n = s.tgt.n_images

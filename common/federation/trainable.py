@@ -11,6 +11,12 @@ Spec (run-config ``train-params``):
   the trunk features and hidden units. Under record-level DP-SGD the noise
   grows with the square root of the trained coordinates, so this is the
   setting that keeps a useful signal at small sites (BitFit-style DP fine-tuning).
+- ``lowrank:R`` / ``lowrank:R+biases``: the B weights of the low-rank
+  adapters in a public subspace (`common.models.low_rank`), R numbers per
+  output of every Linear of both heads (with minilm-effnet and R = 8: 12,288
+  numbers; ``+biases`` adds every bias of the heads, 1,536 more). The heads
+  must carry adapters of rank R (`attach_low_rank`, from `public_bases`);
+  plain heads raise. Only one-machine `grouped` runs attach them.
 - a comma-separated list of parameter-name prefixes, e.g.
   ``text_head.net.4,image_head.net.4``; a prefix that matches nothing raises.
 
@@ -29,6 +35,7 @@ import torch
 from torch import nn
 
 from common.models.heads import DualHeads
+from common.models.low_rank import adapters, parse_spec
 
 
 def trainable_names(heads: DualHeads, spec: str = "last") -> list[str]:
@@ -36,6 +43,9 @@ def trainable_names(heads: DualHeads, spec: str = "last") -> list[str]:
     names = [n for n, _ in heads.named_parameters()]
     if spec == "all":
         return names
+    low_rank = parse_spec(spec)
+    if low_rank is not None:
+        return _low_rank_names(heads, spec, *low_rank)
     if spec == "norms+biases":
         chosen = {n for n, _ in heads.named_parameters() if n.endswith(".bias")}
         for head_name in ("text_head", "image_head"):
@@ -55,6 +65,20 @@ def trainable_names(heads: DualHeads, spec: str = "last") -> list[str]:
     if unmatched:
         raise ValueError(f"train-params {unmatched} match no head parameter (names look like {names[:4]})")
     return [n for n in names if any(n == p or n.startswith(p + ".") for p in prefixes)]
+
+
+def _low_rank_names(heads: DualHeads, spec: str, rank: int, biases: bool) -> list[str]:
+    attached = adapters(heads)
+    if not attached:
+        raise ValueError(f"train-params={spec!r} needs low-rank adapters on the heads (common.models.low_rank."
+                         f"attach_low_rank with public_bases); these heads have none")
+    ranks = sorted({a.rank for a in attached.values()})
+    if ranks != [rank]:
+        raise ValueError(f"train-params={spec!r} asks for rank {rank}, the attached adapters have rank {ranks}")
+    chosen = {f"{path}.B.weight" for path in attached}
+    if biases:
+        chosen |= {n for n, _ in heads.named_parameters() if n.endswith(".bias")}
+    return [n for n, _ in heads.named_parameters() if n in chosen]
 
 
 def trainable_for_mode(heads: DualHeads, spec: str, loss_mode: str) -> list[str]:

@@ -18,6 +18,16 @@ Per teacher round:
    weight average follow the student: post-processing of released steps.
 3. The round's result (the weight average) is the next round's teacher.
 
+With ``train_params="lowrank:R"`` (`common.models.low_rank`) each round
+first computes, from the round's teacher on the public anchor bank alone, a
+basis A of every Linear's input subspace, and attaches adapters ``W + B A``
+(B = 0) to the student, its weight average and the momentum teacher; only
+the B's (and, with ``+biases``, the biases) train. With A fixed, the moving
+averages of the B's are the moving averages of the merged weights, so all
+three follow the usual rule. At the round's end the result is merged back
+into plain heads (``W' = W + B A``), the next round's teacher. A reads no
+target record: it is computed from public features and a released teacher.
+
 Everything the run reads besides the sampled records is public (the source
 anchor bank, the starting teacher) or released under DP and accounted (the
 prototypes, every step's noisy gradient and what is computed from them).
@@ -33,6 +43,7 @@ import torch
 from common.federation.trainable import set_trainable, trainable_names
 from common.models.feature_cache import FeatureSet
 from common.models.heads import DualHeads
+from common.models.low_rank import attach_low_rank, merge_low_rank, parse_spec, public_bases, trained_numbers
 from common.privacy.accounting import merge_history
 from common.train.grouped_config import GroupedConfig, normaliser, sample_rate
 from common.train.grouped_dp import GroupClippedSGD
@@ -77,6 +88,7 @@ def adapt_grouped(teacher_heads: DualHeads, target: FeatureSet, bank: PublicBank
     bins_used = []
     proto_noise = NO_TARGET_PROTOTYPE_NOISE if g.prototype_noise is None else g.prototype_noise
     history, epochs = [], []
+    low_rank, trained = parse_spec(g.train_params), 0
     total = cfg.teacher_rounds * g.steps
     teacher = teacher_heads
     step_no = 0
@@ -91,11 +103,16 @@ def adapt_grouped(teacher_heads: DualHeads, target: FeatureSet, bank: PublicBank
         site.bins = cell_bins(g, q, n, counts)
         bins_used.append(site.bins.tolist() if torch.is_tensor(site.bins) else site.bins)
         student = copy.deepcopy(teacher).train()
-        set_trainable(student, trainable_names(student, g.train_params))
         momentum_teacher = copy.deepcopy(teacher)
+        if low_rank is not None:  # public bases from this round's teacher; B = 0, so nothing changes yet
+            bases = public_bases(teacher, bank.image_feats, bank.text_feats, low_rank[0])
+            attach_low_rank(student, bases)
+            attach_low_rank(momentum_teacher, bases).requires_grad_(False)
+        set_trainable(student, trainable_names(student, g.train_params))
         average = copy.deepcopy(student).eval() if cfg.average is not None else None
         opt = _optimizer(g, [p for p in student.parameters() if p.requires_grad])
         sgd = GroupClippedSGD(student, opt, g.clip_norm, g.noise_multiplier, norm, generator, g.clipping)
+        trained = trained_numbers(student)
         losses = []
         for s in range(g.steps):
             if s % cfg.refresh_steps == 0 and s:
@@ -115,12 +132,13 @@ def adapt_grouped(teacher_heads: DualHeads, target: FeatureSet, bank: PublicBank
         sgd.close()
         history = merge_history(history, [(g.noise_multiplier, q, g.steps)])
         epochs.append({"round": rnd + 1, "loss": sum(losses) / max(len(losses), 1)})
-        teacher = student if average is None else average
+        teacher = merge_low_rank(student if average is None else average)
         for p in teacher.parameters():
             p.requires_grad_(True)
     what = "the last student" if cfg.average is None else f"the moving average (momentum {cfg.average}) of the student's weights"
     log = {"epochs": epochs, "selection": f"fixed schedule, {what}; no target labels read", "privacy_history": history,
            "grouped": {"sample_rate": q, "normaliser": norm, "bins": bins_used, "prototypes": int(len(protos)),
                        "clip_norm": g.clip_norm, "sensitivity": 2 * g.clip_norm, "noise_multiplier": g.noise_multiplier,
-                       "clipping": sgd.path, "diagnostics": site.stats.summary()}}
+                       "clipping": sgd.path, "train_params": g.train_params, "trained_numbers": trained,
+                       "low_rank": None if low_rank is None else low_rank[0], "diagnostics": site.stats.summary()}}
     return teacher.eval(), log
