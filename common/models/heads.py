@@ -22,7 +22,7 @@ class HeadConfig:
 
     out_dim=256: the shared space's size. IRRA-style models use 256-512; 256
         is plenty for thousands of identities and keeps the per-round DP update
-        small (both heads about 1.7M parameters with minilm-effnet).
+        small (both heads about 1.1M parameters with minilm-effnet).
     hidden=512: one hidden layer of 2x out_dim. Trunk features are not aligned
         across modalities, so a non-linear map helps; wider layers cost Opacus
         time and memory linearly (hooks mode stores batch x parameters).

@@ -1,7 +1,7 @@
 """Low-rank adapters in a public subspace: the `train-params` spec ``lowrank:R`` (``lowrank:R+biases``).
 
 Under record-level DP-SGD the noise norm grows with the square root of the
-trained numbers, so training every head parameter (about 1.77M numbers with
+trained numbers, so training every head parameter (about 1.1M numbers with
 minilm-effnet) drowns the signal at small sites. Here each `nn.Linear` of both
 heads, ``y = W x + b``, becomes ``y = W x + b + B (A x)``:
 
