@@ -10,6 +10,11 @@ server asks), write the planned spending to the ledger *before* training
 counted), train, mark it "trained", and reply with the trainable arrays and
 the allowed scalar metrics only (`common.federation.outbound`).
 
+With ``train-params=lowrank:R`` the train message also carries the round's
+public adapter bases (``bases``): the site attaches ``W + B A`` to the
+broadcast student with them and replies with the B's (+ biases) only
+(`common.federation.adapters`).
+
 Rounds are keyed by the server's round number. A round the server runs
 again (it was killed and resumed from its checkpoint) is trained again and
 counted again: privacy is spent each time training really runs, so the
@@ -34,11 +39,11 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client import faults, site_data
-from common.federation import outbound
+from common.federation import adapters, outbound
 from common.federation.config import FedConfig
 from common.federation.payload import unpack_teacher
 from common.federation.site_settings import resolve_settings
-from common.federation.trainable import load_arrays, trainable_for_mode
+from common.federation.trainable import broadcast_names, get_arrays, load_arrays, update_shapes
 from common.federation.validation import max_delta_norm, scale_to_bound
 
 STATE = "fedgckd-site"  # the one small ConfigRecord this app keeps in context.state
@@ -94,18 +99,29 @@ def handle_train(msg: Message, context: Context, overrides: Mapping[str, Any] | 
     arrays_in = _numpy(msg.content["arrays"])
     t_arrays, t_config = site_data.load_teacher(settings.state_dir, str(config["teacher-version"]))
     teacher, a_img, a_txt = unpack_teacher(t_arrays, t_config)
-    names = trainable_for_mode(teacher, cfg.train_params, cfg.loss_mode)
-    expected = {n: tuple(p.shape) for n, p in teacher.named_parameters() if n in names}
-    if list(arrays_in) != names or any(tuple(arrays_in[n].shape) != expected[n] for n in names):
+    names = broadcast_names(teacher, cfg.train_params, cfg.loss_mode)
+    shapes = {n: tuple(p.shape) for n, p in teacher.named_parameters() if n in names}
+    if list(arrays_in) != names or any(tuple(arrays_in[n].shape) != shapes[n] for n in names):
         raise ValueError(f"{settings.site}: the server's student arrays {list(arrays_in)[:4]} do not match this "
                          f"site's trainable parameters {names[:4]} (train-params={cfg.train_params!r})")
+    expected = update_shapes(teacher, cfg.train_params, cfg.loss_mode)  # what may leave: the reply's names and shapes
+    student = clone_heads(teacher)
+    load_arrays(student, arrays_in)
+    base = arrays_in  # what the reply's update is measured from (and what a refusal sends back)
+    rank = adapters.rank_of(cfg.train_params)
+    if rank is not None:  # lowrank:R: the server's public bases for this round; only the B's (+ biases) train
+        if adapters.BASES not in msg.content.array_records:
+            raise ValueError(f"{settings.site}: train-params={cfg.train_params!r} but the train message has no bases")
+        names = adapters.attach(student, adapters.unpack_bases(_numpy(msg.content[adapters.BASES]), teacher, rank),
+                                cfg.train_params)
+        base = get_arrays(student, names)  # zero B's and the broadcast biases
     state = _state(context)
     metrics: dict[str, int | float] = {"site": settings.partition_id, "server-round": server_round}
     try:
         led = open_ledger(settings, cfg)
         check_continuity(led, int(state["ledger-entries"]))
     except LedgerError as ex:  # corrupt, rolled back, or a budget raised from outside: fail closed
-        return _reply(msg, arrays_in, metrics, outbound.REFUSED, str(ex), expected, cfg)
+        return _reply(msg, base, metrics, outbound.REFUSED, str(ex), expected, cfg)
     run_key = str(config.get("run-key", ""))
     last_round = max(int(state["last-round"]), site_data.last_charged_round(settings.state_dir, run_key))
     plan = plan_round(led, cfg, server_round, config, last_round)
@@ -115,7 +131,7 @@ def handle_train(msg: Message, context: Context, overrides: Mapping[str, Any] | 
         # a refused round spent nothing; the next one charges from the last spend
         _remember(state, led, None, settings, run_key)
         metrics.update(led.to_metrics(server_round, run_key))
-        return _reply(msg, arrays_in, metrics, outbound.REFUSED, plan.reason, expected, cfg)
+        return _reply(msg, base, metrics, outbound.REFUSED, plan.reason, expected, cfg)
     site = site_data.site_features(settings, cfg, t_config["backbone"])  # loading data releases nothing
     if cfg.privacy == "record" and last_round == 0:  # the site's first round: say, on the site's own log only, how loud
         _note_noise(settings.site, plan.dp_sgd_noise, sum(int(np.prod(s)) for s in expected.values()), cfg, site.n_images)
@@ -124,8 +140,6 @@ def handle_train(msg: Message, context: Context, overrides: Mapping[str, Any] | 
         led.save(settings.ledger_path())
         _remember(state, led, server_round, settings, run_key)
     faults.strike(msg, context, "before-training")  # test-only crash points; no-ops unless FEDGCKD_FAULTS is set
-    student = clone_heads(teacher)
-    load_arrays(student, arrays_in)
     seed = cfg.seed * 1_000_003 + settings.partition_id * 1_009 + server_round
     result = run_local_round(student, teacher, a_img, a_txt, site, names, cfg, plan.dp_sgd_noise, seed)
     faults.strike(msg, context, "after-training")
@@ -139,9 +153,9 @@ def handle_train(msg: Message, context: Context, overrides: Mapping[str, Any] | 
         metrics.update(led.to_metrics(server_round, run_key))
     update = result.arrays
     if cfg.privacy == "site":  # the site clips its own update too: it does not rely on the server's mod config
-        update = scale_to_bound(update, arrays_in, cfg.clip_norm, slack=0.0)
+        update = scale_to_bound(update, base, cfg.clip_norm, slack=0.0)
     elif cfg.privacy == "record":  # DP noise may carry the update past the server's sanity bound: scale it back
-        update = scale_to_bound(update, arrays_in, max_delta_norm("record", cfg.clip_norm, cfg.max_update_norm, arrays_in))
+        update = scale_to_bound(update, base, max_delta_norm("record", cfg.clip_norm, cfg.max_update_norm, arrays_in))
     if cfg.privacy == "none":
         metrics.update({"loss": float(result.loss), "records": int(site.n_images)})
     metrics["num-examples"] = int(site.n_images) if cfg.privacy == "none" else 1

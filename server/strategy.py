@@ -21,12 +21,27 @@ checks every update (`common.federation.validation`) and rejects bad ones
   expected number of sampled sites), so that one site moves the sum by at
   most the clip norm and Flower's DP wrapper's noise (std sigma*S/k on the
   average) is the calibrated Gaussian mechanism on the sum.
+With ``train-params=lowrank:R`` (record-level grouped mode) the train
+message also carries the round's adapter bases ``A`` (a second array record,
+``bases``, computed by `ServerTask.round_bases` from the broadcast student on
+the public anchor bank), a reply holds only the B's (+ biases), each reply is
+checked against zero B's and the broadcast biases (``|B A| = |B|``: A's rows are
+orthonormal), and the equal-weight mean of the B's is folded into the plain
+student, ``W + mean(B) A`` (`common.federation.adapters.fold`; exact, since
+every site used the same A). The aggregate is plain heads again.
 Then the server optimiser (``server-optimizer``: fedavg | fedavgm | fedadam,
 `common.federation.server_optimizer`) takes one step on the pseudo-gradient
 aggregate - broadcast. It reads only what the sites released (under
 site-level DP: after the wrapper added the central noise, see `SiteLevelDP`),
 so it is post-processing and costs no privacy. A round that aggregates
-nothing takes no step.
+nothing takes no step. Under ``lowrank:R`` it steps on the FOLDED aggregate,
+i.e. on the plain-weight pseudo-gradient ``mean(B) A`` (and the bias means):
+A is recomputed each round from the new student, so B's of different rounds
+are coordinates in different bases, and momentum or Adam moments kept on B's
+would add up unrelated numbers; plain weights are the one coordinate system
+that stays put (and the optimiser's state then has the broadcast's shapes,
+as in the checkpoint). FedAdam's per-coordinate scaling may leave the rank-R
+subspace; that is post-processing of released B's, so it costs nothing.
 
 Resuming (`round_offset`): Flower's loop counts rounds from 1; a server
 resumed after round R sets the offset to R, so sites, logs and ledgers see
@@ -47,6 +62,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
 
+from common.federation.adapters import BASES, fold
 from common.federation.config import FedConfig
 from common.federation.outbound import REFUSED
 from common.federation.server_optimizer import ServerOptimizer
@@ -78,6 +94,8 @@ class FedGCKD(FedAvg):
         self.node_site: dict[int, str] = {}
         self.node_version: dict[int, str] = {}
         self.broadcast: dict[str, np.ndarray] = {}
+        self.reference: dict[str, np.ndarray] = {}  # what a reply is checked against (the broadcast, or lowrank's)
+        self.bases: dict[str, np.ndarray] = {}  # lowrank:R: this round's A, sent with the student and folded with
         self.took_part: set[str] = set()
         self.round_offset = 0  # rounds completed before this process started (resume)
         self.run_key = ""
@@ -100,6 +118,8 @@ class FedGCKD(FedAvg):
             nodes = [n for n in nodes if self.rng.random() < q]
         nodes = self._send_teacher(grid, nodes, server_round)
         self.broadcast = {k: v.numpy() for k, v in arrays.items()}
+        self.reference = self.task.reply_reference(self.broadcast)
+        self.bases = self.task.round_bases(self.broadcast) if self.task.low_rank is not None else {}
         self.took_part = set()
         config["server-round"] = server_round
         config["teacher-version"] = self.task.teacher_version
@@ -108,9 +128,11 @@ class FedGCKD(FedAvg):
             config["site-noise-multiplier"] = float(self.site_noise)
             config["site-sample-rate"] = float(self.site_rate)
         self.log.sampled([self.site_of(n) for n in nodes])
-        for n in nodes:
-            self.log.sent(self.site_of(n), nbytes(arrays))
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        if self.bases:  # public (read only the anchor bank and the broadcast student); counted in the bytes sent
+            record[BASES] = ArrayRecord({k: Array(v) for k, v in self.bases.items()})
+        for n in nodes:
+            self.log.sent(self.site_of(n), nbytes(arrays) + (nbytes(record[BASES]) if self.bases else 0))
         return self._construct_messages(record, nodes, MessageType.TRAIN)
 
     def _connected(self, grid: Grid, server_round: int) -> list[int]:
@@ -191,7 +213,7 @@ class FedGCKD(FedAvg):
                 rejected += 1
                 continue
             update = {k: v.numpy() for k, v in next(iter(content.array_records.values())).items()}
-            verdict = validate_update(update, self.broadcast, bound)
+            verdict = validate_update(update, self.reference, bound)
             if not verdict.ok:
                 self.log.event(server_round, site, "rejected", verdict.reason)
                 log.warning("round %d: rejected the update of %s: %s", server_round, site, verdict.reason)
@@ -224,6 +246,9 @@ class FedGCKD(FedAvg):
             k = self.cfg.sampled_per_round
             return {n: (base[n] + sum(u[n] - base[n] for u, _ in accepted) / k).astype(np.float32) for n in base}
         total = sum(w for _, w in accepted)
+        if self.bases:  # lowrank:R: the mean of the B's (+ biases), folded into the plain student with this round's A
+            mean = {n: sum(w * u[n].astype(np.float64) for u, w in accepted) / total for n in self.reference}
+            return fold(self.broadcast, self.bases, mean)
         return {n: (sum(w * u[n].astype(np.float64) for u, w in accepted) / total).astype(np.float32) for n in base}
 
     def _account_site_level(self, server_round: int) -> None:

@@ -6,6 +6,10 @@
 - global student: the checkpoint's heads with the aggregated trainable arrays;
 - anchor bank: trunk features of a subset of the source train split (public
   to the server); what travels is the current teacher's embeddings of it;
+- with ``train-params=lowrank:R``: each round's adapter bases ``A``, computed
+  here from the broadcast student on the anchor bank's trunk features (only
+  the server holds them) and sent with the student; the sites' B's are
+  folded back with the same ``A`` (`common.federation.adapters`);
 - target val: only for the per-round R1/mAP report (never used to select).
 """
 
@@ -17,9 +21,10 @@ import numpy as np
 import torch
 
 from common.checkpoint import Checkpoint, clone_heads, load_checkpoint, save_checkpoint, source_data_dir
-from common.federation.config import FedConfig
+from common.federation import adapters
+from common.federation.config import ConfigError, FedConfig
 from common.federation.payload import pack_teacher
-from common.federation.trainable import get_arrays, load_arrays, size_report, trainable_for_mode
+from common.federation.trainable import array_bytes, broadcast_names, get_arrays, load_arrays, size_report, update_shapes
 from common.models.backbones import build_backbone
 from common.pipeline import domain_features
 from common.train.pretrain import evaluate_heads
@@ -48,14 +53,35 @@ class ServerTask:
         self.val = feats(self.backbone, cfg.data_dir, cfg.target, "val") if cfg.server_eval else None
         self.teacher = clone_heads(self.ckpt.heads).eval()
         self.student = clone_heads(self.ckpt.heads).eval()
-        self.names = trainable_for_mode(self.teacher, cfg.train_params, cfg.loss_mode)
-        self.sizes = size_report(self.backbone, self.teacher, self.names)
+        self.names = broadcast_names(self.teacher, cfg.train_params, cfg.loss_mode)  # the global student's arrays
+        self.update = update_shapes(self.teacher, cfg.train_params, cfg.loss_mode)  # what a site sends back
+        self.low_rank = adapters.rank_of(cfg.train_params)
+        bases_b = 0
+        if self.low_rank is not None:
+            try:
+                bases_b = array_bytes(self.round_bases(self.student_arrays()))
+            except ValueError as ex:
+                raise ConfigError(f"train-params={cfg.train_params!r}: {ex}") from None
+        self.sizes = size_report(self.backbone, self.teacher, self.names, self.update, bases_b)
         self.source = {"domain": source, "anchors": int(len(self.bank.image_feats))}
         self._payload = None
 
     # -- what travels ----------------------------------------------------------------------
     def student_arrays(self) -> dict[str, np.ndarray]:
         return get_arrays(self.student, self.names)
+
+    def round_bases(self, broadcast: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``lowrank:R``: this round's bases A (``A.<path>``) from the broadcast student on the public anchor bank."""
+        student = clone_heads(self.student)
+        load_arrays(student, broadcast)
+        return adapters.round_bases(student.eval(), self.bank.image_feats, self.bank.text_feats, self.low_rank)
+
+    def reply_reference(self, broadcast: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """What a site that trained nothing would reply: the broadcast itself, or with ``lowrank:R`` zero B's and
+        the broadcast biases (updates are checked against it)."""
+        if self.low_rank is None:
+            return dict(broadcast)
+        return adapters.reference(self.student, broadcast, self.cfg.train_params)
 
     def teacher_payload(self) -> tuple[dict[str, np.ndarray], dict]:
         """(arrays, config) of the current teacher version; computed once per version."""

@@ -33,6 +33,7 @@ completed round (`fedgckd simulate --resume RUN_DIR`).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -131,12 +132,11 @@ def record_level_noise(cfg: FedConfig, heads, site_records: list[int]) -> dict:
     (`aggregate_noise_to_clip`, the same formula as site-level DP's with records per step in place of sites).
     """
     from common.federation.site_budget import record_spends
-    from common.federation.trainable import trainable_for_mode
+    from common.federation.trainable import update_shapes
     from common.privacy.site_level import aggregate_noise_to_clip
     from common.train.record_level_dp import expected_batch
 
-    names = set(trainable_for_mode(heads, cfg.train_params, cfg.loss_mode))
-    d = sum(p.numel() for n, p in heads.named_parameters() if n in names)
+    d = sum(math.prod(s) for s in update_shapes(heads, cfg.train_params, cfg.loss_mode).values())  # what DP-SGD noises
     _, sigma = record_spends(cfg, cfg.epsilon, cfg.delta, cfg.accountant, [], 1)
     batches = [expected_batch(cfg.sample_rate, n) for n in site_records]
     return {"dp_sgd_noise_multiplier": sigma, "trained_numbers": int(d), "records_per_step": batches,

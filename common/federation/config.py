@@ -59,7 +59,9 @@ class FedConfig:
     # of epsilon (a fixed noise, e.g. 10, cost 1.9 of an epsilon-1 budget over 10 rounds, leaving nothing to train)
     prototype_budget_share: float = 0.25  # share of epsilon the prototype releases may cost (automatic noise); Opacus'
     # RDP orders (up to 63) cannot certify much below ~0.2 at delta 1e-5, so a tenth of epsilon 1 would not do
-    train_params: str = "last"  # "last" (last Linear of each head), "all", or comma-separated name prefixes
+    train_params: str = "last"  # "last" (last Linear of each head), "all", "norms+biases", comma-separated name
+    # prefixes, or "lowrank:R" / "lowrank:R+biases" (record-level grouped mode: rank-R adapters in a public subspace,
+    # only the B's travel back; common/federation/adapters.py)
     partition: str = "dirichlet"  # non-IID by default
     alpha: float = 0.5  # Dirichlet concentration; 0.5 is the usual "clearly non-IID" setting
     # --- privacy ---
@@ -174,6 +176,7 @@ class FedConfig:
                 "privacy=record needs mode=per-record or mode=grouped: in full mode a record's loss reads other "
                 "private records (graph edges, in-batch negatives, queue), so the DP-SGD guarantee would not hold; "
                 "use mode=grouped (the graph inside small groups, group clipping), or privacy=site for the full graph")
+        self._check_low_rank()
         checks = [
             ("sites", self.sites >= 1), ("rounds", self.rounds >= 1), ("local-steps", self.local_steps >= 1),
             ("sites-per-round", 0 <= self.sites_per_round <= self.sites),
@@ -198,6 +201,24 @@ class FedConfig:
             shown = ", ".join(f"{n}={getattr(self, n.replace('-', '_'))!r}" for n in bad)
             raise ConfigError(f"invalid run config: {shown}")
         return self
+
+    def _check_low_rank(self) -> None:
+        """train-params lowrank:R[+biases]: a well-formed spec, record-level grouped mode only, R <= anchors."""
+        if not self.train_params.strip().startswith("lowrank"):
+            return
+        from common.models.low_rank import parse_spec  # lazy: a teacher query needs no torch
+
+        try:
+            rank, _ = parse_spec(self.train_params)
+        except ValueError as ex:
+            raise ConfigError(f"run-config key 'train-params': {ex}") from None
+        if self.privacy != "record" or self.mode != "grouped":
+            raise ConfigError(f"train-params={self.train_params!r} runs only with privacy=record and mode=grouped "
+                              f"(got privacy={self.privacy}, mode={self.mode}): only the grouped record-level site "
+                              "trains low-rank adapters (common/federation/adapters.py)")
+        if rank > self.anchors:
+            raise ConfigError(f"train-params={self.train_params!r}: rank {rank} exceeds anchors={self.anchors}, the "
+                              "public rows its bases are computed from")
 
     def require(self, *names: str) -> None:
         """Raise ConfigError naming every listed key that is empty."""

@@ -17,7 +17,11 @@ broadcast anchors (plus DP prototypes in per-record mode).
   caller clips the update (and the server adds the noise).
 
 Only the parameters named in ``names`` train; the rest of the student keeps
-the broadcast values.
+the broadcast values. With ``train-params=lowrank:R`` the caller passes a
+student that already carries the round's adapters (`common.federation.adapters.
+attach`) and ``names`` = its B's (+ biases): the grouped path trains them as
+any other parameters (the group clipper hooks B, never the frozen A) and
+returns only them.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from common.federation.trainable import get_arrays, set_trainable
 from common.losses.cmkd import CMKDConfig
 from common.models.feature_cache import FeatureSet
 from common.models.heads import DualHeads
+from common.models.low_rank import adapters
 from common.privacy.accounting import merge_history
 from common.privacy.ledger import Spend
 from common.graph.gmp import GMPConfig
@@ -79,6 +84,8 @@ def run_local_round(student: DualHeads, teacher: DualHeads, anchor_images: torch
         raise ValueError("a site's training must not see identity labels: pass FeatureSet.without_labels()")
     if cfg.privacy == "record" and cfg.loss_mode not in ("per_record", "grouped"):
         raise ValueError("record-level DP runs only in per-record or grouped mode")
+    if adapters(student) and (cfg.privacy, cfg.loss_mode) != ("record", "grouped"):
+        raise ValueError("a student with low-rank adapters trains only in record-level grouped mode")
     torch.manual_seed(seed)
     # Under DP the noise and the Poisson sampling must be unpredictable: a generator seeded from the
     # run's seed would let anyone who knows it subtract the noise. (torch's generator is not a CSPRNG;

@@ -16,7 +16,11 @@ Spec (run-config ``train-params``):
   output of every Linear of both heads (with minilm-effnet and R = 8: 12,288
   numbers; ``+biases`` adds every bias of the heads, 1,536 more). The heads
   must carry adapters of rank R (`attach_low_rank`, from `public_bases`);
-  plain heads raise. Only one-machine `grouped` runs attach them.
+  plain heads raise. One-machine `grouped` runs and record-level `grouped`
+  federations attach them; in a federation the server broadcasts the plain
+  heads (`broadcast_names`: every head parameter, since ``W + B A`` moves
+  every weight) and a site sends back only the B's (+ biases)
+  (`update_shapes`; `common.federation.adapters`).
 - a comma-separated list of parameter-name prefixes, e.g.
   ``text_head.net.4,image_head.net.4``; a prefix that matches nothing raises.
 
@@ -30,12 +34,14 @@ the request's order).
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
 
 from common.models.heads import DualHeads
-from common.models.low_rank import adapters, parse_spec
+from common.models.low_rank import adapters, attach_low_rank, layer_inputs, parse_spec
 
 
 def trainable_names(heads: DualHeads, spec: str = "last") -> list[str]:
@@ -91,6 +97,33 @@ def trainable_for_mode(heads: DualHeads, spec: str, loss_mode: str) -> list[str]
     return names
 
 
+def broadcast_names(heads: DualHeads, spec: str, loss_mode: str) -> list[str]:
+    """What the server holds and sends as the global student: `trainable_for_mode`, or with ``lowrank:R`` every
+    head parameter of the plain heads (the fold ``W += B A`` moves every weight)."""
+    if parse_spec(spec) is not None:
+        return [n for n, _ in heads.named_parameters()]
+    return trainable_for_mode(heads, spec, loss_mode)
+
+
+def with_zero_adapters(heads: DualHeads, rank: int) -> DualHeads:
+    """A copy of plain ``heads`` with rank-``rank`` adapters on zero bases: the names and shapes a site trains."""
+    out = copy.deepcopy(heads)
+    feats = (torch.zeros(1, heads.image_dim), torch.zeros(1, heads.text_dim))
+    return attach_low_rank(out, {p: torch.zeros(rank, rows.shape[1]) for p, rows in layer_inputs(out, *feats).items()})
+
+
+def update_shapes(heads: DualHeads, spec: str, loss_mode: str) -> dict[str, tuple]:
+    """name -> shape of what a site trains and sends back, in wire order (plain ``heads``). Equal to the
+    broadcast's except with ``lowrank:R``: the adapters' B's (+ biases, under their attached names)."""
+    low_rank = parse_spec(spec)
+    if low_rank is None:
+        params = dict(heads.named_parameters())
+        return {n: tuple(params[n].shape) for n in trainable_for_mode(heads, spec, loss_mode)}
+    attached = with_zero_adapters(heads, low_rank[0])
+    params = dict(attached.named_parameters())
+    return {n: tuple(params[n].shape) for n in trainable_names(attached, spec)}
+
+
 def getattr_path(module: nn.Module, path: str) -> nn.Module:
     for part in path.split("."):
         module = getattr(module, part)
@@ -134,14 +167,21 @@ def trunk_bytes(backbone) -> int:
     return int(total)
 
 
-def size_report(backbone, heads: DualHeads, names: list[str]) -> dict:
+def size_report(backbone, heads: DualHeads, names: list[str], update: dict[str, tuple] | None = None,
+                extra_broadcast_bytes: int = 0) -> dict:
+    """Bytes of the model and of what travels. ``names``: the broadcast student's parameters; ``update``: name ->
+    shape of a site's reply (float32) when it differs from ``names`` (``lowrank:R``); ``extra_broadcast_bytes``:
+    what else a train message carries (the low-rank bases)."""
     heads_b = int(sum(t.numel() * t.element_size() for t in heads.state_dict().values()))
-    update_b = array_bytes(get_arrays(heads, names))
+    down = array_bytes(get_arrays(heads, names)) + int(extra_broadcast_bytes)
+    if update is None:
+        update = {n: tuple(a.shape) for n, a in get_arrays(heads, names).items()}
+    numbers = int(sum(int(np.prod(s)) for s in update.values()))
+    update_b = 4 * numbers  # float32 on the wire
     full = trunk_bytes(backbone) + heads_b
     return {"trunk_bytes": full - heads_b, "heads_bytes": heads_b, "full_model_bytes": full,
             "update_bytes": update_b, "update_fraction_of_full_model": update_b / full,
-            "trainable_parameters": int(sum(np.prod(a.shape) for a in get_arrays(heads, names).values())),
-            "trainable_names": names}
+            "broadcast_bytes": down, "trainable_parameters": numbers, "trainable_names": list(update)}
 
 
 # Record-level federations: which preset suits which site size. Emulated 10-site federations at epsilon 8
