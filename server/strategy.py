@@ -62,7 +62,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
 
-from common.federation.adapters import BASES, fold
+from common.federation.adapters import BASES, fold, rank_of
 from common.federation.config import FedConfig
 from common.federation.outbound import REFUSED
 from common.federation.server_optimizer import ServerOptimizer
@@ -94,13 +94,19 @@ class FedGCKD(FedAvg):
         self.node_site: dict[int, str] = {}
         self.node_version: dict[int, str] = {}
         self.broadcast: dict[str, np.ndarray] = {}
-        self.reference: dict[str, np.ndarray] = {}  # what a reply is checked against (the broadcast, or lowrank's)
+        self.low_rank = rank_of(cfg.train_params)  # lowrank:R's R, else None
         self.bases: dict[str, np.ndarray] = {}  # lowrank:R: this round's A, sent with the student and folded with
+        self.low_rank_reference: dict[str, np.ndarray] = {}  # lowrank:R: zero B's and the broadcast biases
         self.took_part: set[str] = set()
         self.round_offset = 0  # rounds completed before this process started (resume)
         self.run_key = ""
         self.server_opt = ServerOptimizer(cfg.server_opt_settings())  # its state is in the server checkpoint
         self.step_after_noise = False  # SiteLevelDP sets it: the optimiser must then read the noised aggregate
+
+    @property
+    def reference(self) -> dict[str, np.ndarray]:
+        """What a reply is checked against: the broadcast, or under lowrank:R zero B's and the broadcast biases."""
+        return self.low_rank_reference if self.bases else self.broadcast
 
     def real_round(self, flower_round: int) -> int:
         return flower_round + self.round_offset
@@ -118,8 +124,9 @@ class FedGCKD(FedAvg):
             nodes = [n for n in nodes if self.rng.random() < q]
         nodes = self._send_teacher(grid, nodes, server_round)
         self.broadcast = {k: v.numpy() for k, v in arrays.items()}
-        self.reference = self.task.reply_reference(self.broadcast)
-        self.bases = self.task.round_bases(self.broadcast) if self.task.low_rank is not None else {}
+        if self.low_rank is not None:
+            self.low_rank_reference = self.task.reply_reference(self.broadcast)
+            self.bases = self.task.round_bases(self.broadcast)
         self.took_part = set()
         config["server-round"] = server_round
         config["teacher-version"] = self.task.teacher_version

@@ -46,7 +46,7 @@ def test_low_rank_runs_only_in_record_level_grouped_mode_and_below_the_anchor_co
 def _combine(broadcast, bases, replies):
     """`FedGCKD._combine` as the server runs it under record-level DP (equal weights)."""
     strategy = types.SimpleNamespace(cfg=FedConfig(privacy="record"), broadcast=broadcast, bases=bases,
-                                     reference=dict(replies[0]))  # only its keys matter
+                                     reference=dict(replies[0]))  # only its keys matter (FedGCKD.reference)
     return FedGCKD._combine(strategy, [(r, 1.0) for r in replies])
 
 
