@@ -92,6 +92,7 @@ def simulate(
         console.print("sites: " + ", ".join(f"{s['site']}: {s['records']} records" for s in info["sites"]))
         if "record_level_noise" in info:
             _noise_note(info["record_level_noise"], cfg.train_params, cfg.rounds * cfg.local_steps)
+            _outcome_note(cfg, [s["records"] for s in info["sites"]])
             logging.getLogger("fedgckd.site").setLevel(logging.ERROR)  # the same note, per site: said once above
         try:
             with progress_bar(f"federation ({cfg.privacy}, {cfg.mode})") as bar:
@@ -149,6 +150,16 @@ def _noise_note(noise: dict, train_params: str, steps: int) -> None:
     advice = train_params_advice(train_params, noise["records_per_step"])
     if advice:
         console.print(f"[cyan]hint:[/] {advice}")
+
+
+def _outcome_note(cfg, records_per_site: list[int]) -> None:
+    """Before training: the share of the central gain the measured table expects (yellow when it is small)."""
+    from common.federation.expected_outcome import estimate
+
+    est = estimate(records_per_site, cfg.epsilon, cfg.loss_mode, cfg.train_params, delta=cfg.delta,
+                   accountant=cfg.accountant)
+    if est:
+        console.print(est.text, style="yellow" if est.low else None, soft_wrap=True, markup=False, highlight=False)
 
 
 def update_size_line(result: dict) -> str:

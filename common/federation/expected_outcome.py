@@ -1,0 +1,186 @@
+"""What a record-level federation can expect to keep, read off a measured table (never a guess).
+
+Before training, `fedgckd simulate --privacy record` says how loud each site's
+DP-SGD noise is. This module adds the expected *outcome*: the share of
+one-machine GCKD's gain over direct transfer that record-level epsilon 8
+kept at the measured site size nearest the run's median site.
+
+Provenance of ``MEASURED`` (a test checks it against the file, so a rerun of
+the benchmark forces an update here):
+- file: benchmarks/results/site_size.json (table in site_size.md and
+  docs/limits.md, "Record-level DP against records per site"), written by
+  ``python benchmarks/site_size.py`` (+ two ``--reuse`` runs), measured at
+  commit f8065b7 (2026-12-01; last written by commit 71f54ab), that is on the
+  former base (before 5075a73's mean pooling and heads without LayerNorm);
+- setting: flat->outline (``sites`` profile), per-record mode, 10 IID sites,
+  emulated record-level FedAvg (benchmarks/dp_emulation.py's loop), 10 rounds
+  x 20 local steps at sample rate 0.25, epsilon 8 per record, delta 1e-5,
+  Opacus RDP accountant (noise multiplier 2.4258); step size chosen on val,
+  test R1 reported; ``last`` = the image head's last Linear, ``all`` = the
+  whole image head (per-record mode keeps the text head frozen).
+- ``share``: (fed R1 - direct R1) / (central R1 - direct R1) at epsilon 8;
+  ``no_noise_share``: the same without noise (the federation's ceiling).
+
+No federated grouped-mode measurement exists yet (benchmarks/results has
+none), so grouped runs are told so and shown per-record mode's figures.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+SOURCE = "benchmarks/results/site_size.md"
+POINTER = f"{SOURCE} and docs/limits.md"
+LOW_SHARE = 0.25  # below a quarter of the central gain the line is shown in yellow (simulate)
+ABOUT = 1.1  # a median within 10% of a measured size is "about" that size; otherwise the brackets are named
+
+
+@dataclass(frozen=True)
+class MeasuredRow:
+    records_per_site: int
+    epsilon: float  # record-level, delta MEASURED_DELTA, RDP
+    loss_mode: str  # "per_record": the only mode measured in a federation
+    train_params: str  # "last" or "all" (image head only, per-record mode)
+    share: float  # share of central GCKD's gain over direct transfer kept at `epsilon`
+    no_noise_share: float  # the same federation without noise
+
+
+MEASURED_DELTA, MEASURED_ACCOUNTANT = 1e-5, "RDP"
+MEASURED_SETTING = ("per-record mode, flat->outline, 10 IID sites, 10 rounds x 20 steps at sample rate 0.25, "
+                    "emulated on the former base")
+MEASURED: tuple[MeasuredRow, ...] = (  # copied from benchmarks/results/site_size.json, sizes[*].train_sets
+    MeasuredRow(180, 8.0, "per_record", "last", 0.107, 0.354),
+    MeasuredRow(180, 8.0, "per_record", "all", -0.039, 0.581),
+    MeasuredRow(600, 8.0, "per_record", "last", 0.124, 0.281),
+    MeasuredRow(600, 8.0, "per_record", "all", 0.163, 0.528),
+    MeasuredRow(1800, 8.0, "per_record", "last", 0.16, 0.274),
+    MeasuredRow(1800, 8.0, "per_record", "all", 0.23, 0.52),
+)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    text: str
+    low: bool  # the measured share is an honest upper-ish figure for this run and below LOW_SHARE
+
+
+def _pct(share: float, say_worse: bool = True) -> str:
+    p = round(100 * share)
+    return f"{p}%" if p >= 0 or not say_worse else f"{p}% (worse than direct transfer)"
+
+
+def _delta(d: float) -> str:
+    mantissa, exp = f"{d:.0e}".split("e")
+    return f"{mantissa}e{int(exp)}"
+
+
+def _n(records: float) -> str:
+    return f"{int(round(records)):,}"
+
+
+def _rows(size: int, sets: list[str]) -> list[MeasuredRow]:
+    return [r for r in MEASURED if r.records_per_site == size and r.train_params in sets]
+
+
+def _grew(sets: list[str], sizes: list[int]) -> bool:
+    """Whether the measured epsilon-8 share rose with site size for every trained set shown."""
+    for t in sets:
+        shares = [_rows(s, [t])[0].share for s in sizes]
+        if any(b <= a for a, b in zip(shares, shares[1:])):
+            return False
+    return True
+
+
+def _kept(size: int, sets: list[str]) -> str:
+    """'11% of central GCKD's gain over direct transfer with train-params last (no noise: 35%)', per trained set."""
+    whose = " of central GCKD's gain over direct transfer"
+    parts = [f"{_pct(r.share)}{'' if k else whose} with train-params {r.train_params} (no noise: {_pct(r.no_noise_share)})"
+             for k, r in enumerate(_rows(size, sets))]
+    return " and ".join(parts)
+
+
+def _short(size: int, sets: list[str]) -> str:
+    return ", ".join(f"{_pct(r.share, False)} ({r.train_params})" if len(sets) > 1 else _pct(r.share, False)
+                     for r in _rows(size, sets))
+
+
+def _mode(loss_mode: str) -> str:
+    mode = loss_mode.strip().replace("-", "_")
+    if mode not in ("per_record", "grouped"):
+        raise ValueError(f"expected_outcome: loss mode {loss_mode!r} is not a record-level mode "
+                         "(per_record or grouped); the measured table is record-level DP's")
+    return mode
+
+
+def estimate(records_per_site: list[int], epsilon: float, loss_mode: str, train_params: str, *,
+             delta: float = MEASURED_DELTA, accountant: str = "rdp") -> Estimate | None:
+    """The expected share of the central gain for a record-level federation, from ``MEASURED``; None without sites.
+
+    ``epsilon``, ``delta`` and ``accountant``: the run's record-level budget, compared with the measured one."""
+    if not records_per_site:
+        return None
+    if not epsilon > 0:
+        raise ValueError(f"expected_outcome: epsilon must be > 0, got {epsilon}")
+    if not 0 < delta < 1:
+        raise ValueError(f"expected_outcome: delta must be in (0, 1), got {delta}")
+    if any(n < 0 for n in records_per_site):
+        raise ValueError(f"expected_outcome: a site cannot hold {min(records_per_site)} records")
+    mode = _mode(loss_mode)
+    median = statistics.median(records_per_site)
+    sizes = sorted({r.records_per_site for r in MEASURED})
+    measured_sets = sorted({r.train_params for r in MEASURED})
+    spec = train_params.strip()
+    sets = [spec] if mode == "per_record" and spec in measured_sets else measured_sets
+    eps = f"record-level epsilon {MEASURED[0].epsilon:g} (delta {_delta(MEASURED_DELTA)}, {MEASURED_ACCOUNTANT})"
+
+    if median * ABOUT < sizes[0]:
+        used, about = sizes[0], ""
+        where = f"fewer than {_n(used)} records per site (median {_n(median)}): below anything we measured; "
+        after = (f"; the share grew with site size ({_short(sizes[-1], sets)} at {_n(sizes[-1])}), so expect less here"
+                 if _grew(sets, sizes) else "")
+    elif median > sizes[-1] * ABOUT:
+        used, about = sizes[-1], ""
+        where = f"more than {_n(used)} records per site (median {_n(median)}): above anything we measured; "
+        after = (f"; the share grew with site size ({_short(sizes[0], sets)} at {_n(sizes[0])}), so expect more here, "
+                 "by an amount we have not measured" if _grew(sets, sizes) else "")
+    else:
+        used = min(sizes, key=lambda s: abs(math.log(max(median, 1) / s)))  # nearest on a log scale: noise ~ 1/records
+        if max(median, 1) / used <= ABOUT and used / max(median, 1) <= ABOUT:
+            where, about, other = "", "about ", sizes[-1] if used != sizes[-1] else None
+        else:
+            lo = max(s for s in sizes if s <= median)  # inside the measured range here: neither is empty
+            hi = min(s for s in sizes if s >= median)
+            where, about = f"median {_n(median)} records per site, between the measured {_n(lo)} and {_n(hi)}; ", ""
+            other = hi if used == lo else lo
+        after = f"; at {_n(other)} records per site {_short(other, sets)}" if other is not None else ""
+
+    grouped = "grouped mode has no federated measurement yet; for per-record mode (image head only) " if mode == "grouped" else ""
+    first = (f"Expected outcome: {where}{grouped}at {about}{_n(used)} records per site, {eps} kept, in our measurements, "
+             f"{_kept(used, sets)}{after}.")
+
+    notes = []
+    if mode == "per_record" and spec not in measured_sets:
+        notes.append(f"train-params {spec} was not measured")
+    run_eps = f"this run's record-level epsilon {epsilon:g} (delta {_delta(delta)}, {accountant.upper()})"
+    if epsilon != MEASURED[0].epsilon:  # more budget, less noise: the direction is certain, the amount is not measured
+        side = "below" if epsilon < MEASURED[0].epsilon else "above"
+        notes.append(f"{run_eps} is {side} the measured {MEASURED[0].epsilon:g}, so expect "
+                     f"{'less' if side == 'below' else 'more'}")
+    elif delta != MEASURED_DELTA or accountant.upper() != MEASURED_ACCOUNTANT:
+        notes.append(f"{run_eps} differs from the measured budget in delta or accountant (a smaller delta means more "
+                     "noise)")
+    notes.append(f"measured: {MEASURED_SETTING}; see {POINTER}")
+    second = "; ".join(notes)
+    best = max(r.share for r in _rows(used, sets))
+    low = (mode == "per_record" and epsilon <= MEASURED[0].epsilon and median <= sizes[-1] * ABOUT
+           and best < LOW_SHARE)  # a figure that this run should not beat, and a small one
+    return Estimate(f"{first} {second[0].upper()}{second[1:]}.", low)
+
+
+def expected_outcome(records_per_site: list[int], epsilon: float, loss_mode: str, train_params: str, *,
+                     delta: float = MEASURED_DELTA, accountant: str = "rdp") -> str | None:
+    """Two plain sentences: what the measured table says a run like this keeps; None without sites."""
+    est = estimate(records_per_site, epsilon, loss_mode, train_params, delta=delta, accountant=accountant)
+    return est.text if est else None

@@ -1,0 +1,199 @@
+"""The expected-outcome warning before a record-level federation: its table is the measured one, its sentences
+name the right measured figures and caveats, and `fedgckd simulate` prints it before the federation starts."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+import common.federation.expected_outcome as eo
+from common.federation.expected_outcome import MEASURED, estimate, expected_outcome
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "site_size.json"
+TEN = 10  # sites
+
+
+def sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=\.)\s", text) if s]
+
+
+# ---- the table is the measurement ------------------------------------------------------------------------------
+
+def test_table_equals_the_benchmark_file_today():
+    """A rerun of benchmarks/site_size.py changes this file; the warning's table must follow it."""
+    d = json.loads(RESULTS.read_text())
+    measured = {(s["records_per_site"], t): (d["epsilon"], v["share_of_central_gain"]["fed_record_eps8"],
+                                             v["share_of_central_gain"]["fed_no_noise"])
+                for s in d["sizes"] for t, v in s["train_sets"].items()}
+    table = {(r.records_per_site, r.train_params): (r.epsilon, r.share, r.no_noise_share) for r in MEASURED}
+    assert table == measured
+    assert len(MEASURED) == len(table)  # no duplicate rows
+    assert {r.loss_mode for r in MEASURED} == {"per_record"}
+    assert d["delta"] == eo.MEASURED_DELTA and d["accountant"].upper() == eo.MEASURED_ACCOUNTANT
+    # the setting the sentences name is the file's
+    setting = f"{d['sites']} IID sites, {d['rounds']} rounds x {d['local_steps']} steps at sample rate {d['sample_rate']:g}"
+    assert setting in eo.MEASURED_SETTING
+    assert f"{d['source']}->{d['target']}" in eo.MEASURED_SETTING
+    assert d["machine"]["commit"] in eo.__doc__  # provenance: the commit it was measured at
+
+
+def test_the_files_shares_are_shares_of_the_central_gain():
+    """Second computation: share = (fed R1 - direct R1) / (central R1 - direct R1), from the file's R1 figures."""
+    d = json.loads(RESULTS.read_text())
+    direct = d["direct"]["R1"]
+    for size in d["sizes"]:
+        gain = size["central"]["R1"] - direct
+        for t, v in size["train_sets"].items():
+            for kind in ("fed_record_eps8", "fed_no_noise"):
+                assert v["share_of_central_gain"][kind] == pytest.approx((v[kind]["R1"] - direct) / gain, abs=6e-4)
+
+
+# ---- hand-worked sentences -------------------------------------------------------------------------------------
+
+def test_180_records_last_epsilon_8():
+    est = estimate([180] * TEN, 8.0, "per_record", "last")
+    # 180 / last: (12.50 - 8.42) / (46.58 - 8.42) = 0.107 -> 11%; no noise (21.92 - 8.42) / 38.16 = 0.354 -> 35%
+    assert ("at about 180 records per site, record-level epsilon 8 (delta 1e-5, RDP) kept, in our measurements, 11% "
+            "of central GCKD's gain over direct transfer with train-params last (no noise: 35%)") in est.text
+    assert "at 1,800 records per site 16%" in est.text  # (20.83 - 8.42) / (86.17 - 8.42) = 0.160
+    assert "below anything" not in est.text and "expect" not in est.text
+    assert "benchmarks/results/site_size.md" in est.text and "per-record mode" in est.text
+    assert len(sentences(est.text)) == 2
+    assert est.low  # 11% < 25%, and a smaller site or epsilon could only keep less
+    assert expected_outcome([180] * TEN, 8.0, "per-record", "last") == est.text  # both spellings of the mode
+
+
+def test_1800_records_all_and_last():
+    est = estimate([1800] * TEN, 8.0, "per_record", "all")
+    assert "at about 1,800 records per site" in est.text
+    assert "23% of central GCKD's gain over direct transfer with train-params all (no noise: 52%)" in est.text
+    assert "records per site 16%" not in est.text and "at 180" not in est.text  # the largest: no other size named
+    assert est.low  # 23% < 25%
+    last = estimate([1700, 1800, 1900], 8.0, "per_record", "last").text
+    assert "at about 1,800 records per site" in last and "16% of central GCKD's gain" in last
+
+
+def test_50_records_is_below_anything_measured():
+    est = estimate([40, 50, 60], 8.0, "per_record", "last")
+    assert est.text.startswith("Expected outcome: fewer than 180 records per site (median 50): below anything we "
+                               "measured; at 180 records per site, ")
+    assert "11% of central GCKD's gain" in est.text
+    assert "the share grew with site size (16% at 1,800), so expect less here" in est.text
+    assert est.low
+
+
+def test_20000_records_is_above_anything_measured():
+    est = estimate([20_000] * TEN, 8.0, "per_record", "all")
+    assert est.text.startswith("Expected outcome: more than 1,800 records per site (median 20,000): above anything we "
+                               "measured; at 1,800 records per site, ")
+    assert "23% of central GCKD's gain over direct transfer with train-params all" in est.text
+    assert "the share grew with site size (-4% at 180), so expect more here, by an amount we have not measured" in est.text
+    assert not est.low  # the measured figure is no ceiling for larger sites
+
+
+def test_between_measured_sizes_names_both_and_does_not_interpolate():
+    est = estimate([1000] * TEN, 8.0, "per_record", "last")  # log-nearest: |ln(1000/600)| 0.51 < |ln(1800/1000)| 0.59
+    assert "median 1,000 records per site, between the measured 600 and 1,800; at 600 records per site" in est.text
+    assert "12% of central GCKD's gain" in est.text and "at 1,800 records per site 16%" in est.text
+    near = estimate([400] * TEN, 8.0, "per_record", "last").text  # |ln(400/180)| 0.80 > |ln(600/400)| 0.41
+    assert "between the measured 180 and 600; at 600 records per site" in near and "at 180 records per site 11%" in near
+
+
+def test_negative_share_is_called_worse_than_direct():
+    est = estimate([180] * TEN, 8.0, "per_record", "all")
+    # 180 / all: (6.92 - 8.42) / 38.16 = -0.039
+    assert "-4% (worse than direct transfer) of central GCKD's gain over direct transfer with train-params all" in est.text
+    assert est.low
+
+
+@pytest.mark.parametrize("records", [[180] * TEN, [1800] * TEN])
+def test_epsilon_2_says_the_measurement_is_at_8_and_expects_less(records):
+    est = estimate(records, 2.0, "per_record", "last")
+    assert "record-level epsilon 8 (delta 1e-5, RDP) kept" in est.text  # the figure stays the measured one
+    assert "This run's record-level epsilon 2 (delta 1e-5, RDP) is below the measured 8, so expect less" in est.text
+    assert est.low  # an upper figure, and small
+
+
+def test_larger_epsilon_expects_more_and_is_not_yellow():
+    est = estimate([180] * TEN, 16.0, "per_record", "last", delta=1e-6, accountant="prv")
+    assert "This run's record-level epsilon 16 (delta 1e-6, PRV) is above the measured 8, so expect more" in est.text
+    assert not est.low
+
+
+def test_same_epsilon_other_delta_is_named():
+    est = estimate([180] * TEN, 8.0, "per_record", "last", delta=1e-6)
+    assert "record-level epsilon 8 (delta 1e-6, RDP) differs from the measured budget" in est.text
+
+
+@pytest.mark.parametrize("records,size", [([180] * TEN, "about 180"), ([1800] * TEN, "about 1,800"),
+                                          ([50] * TEN, "fewer than 180"), ([20_000] * TEN, "more than 1,800")])
+@pytest.mark.parametrize("train_params", ["last", "all"])
+def test_grouped_mode_says_it_has_no_federated_measurement(records, size, train_params):
+    est = estimate(records, 8.0, "grouped", train_params)
+    assert size in est.text
+    assert "grouped mode has no federated measurement yet; for per-record mode (image head only)" in est.text
+    # grouped trains both heads, so neither per-record row is its own: both are shown
+    assert "with train-params last" in est.text and "with train-params all" in est.text
+    assert not est.low  # no measured figure for this mode to warn with
+
+
+def test_an_unmeasured_train_params_shows_both_measured_sets():
+    est = estimate([180] * TEN, 8.0, "per_record", "norms+biases")
+    assert "11% of central GCKD's gain over direct transfer with train-params last (no noise: 35%) and -4% (worse " \
+           "than direct transfer) with train-params all (no noise: 58%)" in est.text
+    assert "Train-params norms+biases was not measured" in est.text
+    assert "at 1,800 records per site 16% (last), 23% (all)" in est.text
+    assert est.low  # the better of the two measured sets is still below 25%
+
+
+def test_the_median_site_decides():
+    assert "at about 180 records per site" in expected_outcome([50, 180, 20_000], 8.0, "per_record", "last")
+    assert "(median 50)" in expected_outcome([10, 50, 90, 20_000, 30], 8.0, "per_record", "last")
+
+
+def test_bad_input():
+    assert expected_outcome([], 8.0, "per_record", "last") is None
+    with pytest.raises(ValueError, match="loss mode 'full' is not a record-level mode"):
+        expected_outcome([180], 8.0, "full", "last")
+    with pytest.raises(ValueError, match="epsilon must be > 0"):
+        expected_outcome([180], 0.0, "per_record", "last")
+    with pytest.raises(ValueError, match="cannot hold -1 records"):
+        expected_outcome([180, -1], 8.0, "per_record", "last")
+
+
+# ---- the CLI prints it before training ------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta:UserWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_simulate_prints_the_expected_outcome_before_the_federation(tmp_path, monkeypatch):
+    import gc
+    import platform
+
+    from typer.testing import CliRunner
+
+    from fed_support import TARGET, shared_bench
+    from fedgckd.cli import app
+
+    # as in test_fed_simulation: Flower's telemetry thread would otherwise leave an unreaped `file` child
+    monkeypatch.setattr(platform, "architecture", lambda *a, **k: ("64bit", "ELF"))
+    bench, out = shared_bench(), tmp_path / "run"
+    res = CliRunner().invoke(app, [
+        "simulate", "--data", str(bench.data), "--teacher", str(bench.teacher), "--target", TARGET, "--sites", "3",
+        "--rounds", "1", "--out", str(out), "--cache", str(bench.cache), "--cpus", "1", "--local-steps", "2",
+        "--sample-rate", "0.5", "--set", "anchors=64", "--set", "prototypes=4", "--set", "batch-size=8",
+        "--privacy", "record", "--epsilon", "8", "--delta", "1e-5"])
+    gc.collect()
+    assert res.exit_code == 0, res.output
+    records = [s["records"] for s in json.loads((out / "sites.json").read_text())["sites"]]
+    assert max(records) < 180  # the tiny profile: below anything measured
+    line = expected_outcome(records, 8.0, "per_record", "last")
+    assert "below anything we measured" in line
+    out_text = res.output
+    assert line in out_text
+    assert out_text.index("record-level DP-SGD: noise multiplier") < out_text.index(line)
+    assert out_text.index(line) < out_text.index("federation (record, per-record)")
