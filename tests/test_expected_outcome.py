@@ -149,6 +149,17 @@ def test_an_unmeasured_train_params_shows_both_measured_sets():
     assert est.low  # the better of the two measured sets is still below 25%
 
 
+def test_no_growth_claim_when_the_measurement_does_not_show_it(monkeypatch):
+    """The 'share grew with site size' clause is read off the table: a table where it fell must not claim it."""
+    fell = tuple(eo.MeasuredRow(r.records_per_site, r.epsilon, r.loss_mode, r.train_params,
+                                0.3 - r.records_per_site / 10_000, r.no_noise_share) for r in MEASURED)
+    monkeypatch.setattr(eo, "MEASURED", fell)
+    below = estimate([50] * TEN, 8.0, "per_record", "last").text
+    assert "at 180 records per site" in below and "28% of central GCKD's gain" in below  # 0.3 - 0.018
+    assert "grew" not in below and "expect less" not in below
+    assert "grew" not in estimate([20_000] * TEN, 8.0, "per_record", "last").text
+
+
 def test_the_median_site_decides():
     assert "at about 180 records per site" in expected_outcome([50, 180, 20_000], 8.0, "per_record", "last")
     assert "(median 50)" in expected_outcome([10, 50, 90, 20_000, 30], 8.0, "per_record", "last")
