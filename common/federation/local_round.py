@@ -132,7 +132,7 @@ def _grouped_round(student: DualHeads, teacher: DualHeads, anchor_images: torch.
     sgd = GroupClippedSGD(student, opt, cfg.clip_norm, sigma, max(1.0, expected / cfg.group_size), gen)
     student.train()
     losses = [gsite.step(sgd, gsite.sample(gen), teacher, views, protos, anchor_images, anchor_texts, s, GMPConfig(),
-                         CMKDConfig(), 2, True) for s in range(cfg.local_steps)]
+                         CMKDConfig(), GroupedConfig().neighbours, True) for s in range(cfg.local_steps)]
     sgd.close()
     student.eval()
     spends = [Spend("dp-kmeans-prototypes", s, q, k) for s, q, k in merge_history(entries)]

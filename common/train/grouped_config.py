@@ -56,8 +56,10 @@ class GroupedConfig:
     # principal directions of the layer's input on the PUBLIC anchor bank (frozen), only B trains (FFA-LoRA style;
     # `common.models.low_rank`); merged back into plain heads at the round's end. With minilm-effnet heads (hidden 512,
     # out 256) lowrank:8 trains 12,288 numbers (+1,536 biases) against 1,115,648 for "all". Not yet measured on val
-    neighbours: int = 2  # a group member's nearest group-mates (by the refined mean caption) that may become mutual
-    # pseudo-positives; full mode's groups are a seed and its 2 nearest
+    neighbours: int = 1  # a group member's nearest group-mates (by the refined mean caption) that may become mutual
+    # pseudo-positives. Inside a group of ~14 the mutual 2-nearest are the same person 33% of the time, the mutual
+    # nearest 53% (train-split labels, diagnosis only); without noise val R1 42.8 with 2, 46.8 with 1 (flat->outline,
+    # seed 0; docs/grouped.md "What holds the no-noise ceiling down")
     pseudo_positives: bool = True  # mutual neighbours in a group share the own pair's target mass (full mode's rule)
     positive_min_sim: float | None = None  # pseudo-positives also need at least this cosine between the two records'
     # refined caption views (None: no floor)
