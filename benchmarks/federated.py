@@ -1,17 +1,26 @@
-"""Federated GCKD on one pair of the embedded benchmark: privacy modes against the floor and the central run.
+"""Federated GCKD against the one-machine rows, ten sites of the `sites` profile (and the default profile's corner).
 
-    python benchmarks/federated.py [--data DIR] [--source flat] [--target outline] [--sites 10] [--rounds 10]
-                                   [--repeats 3] [--jobs 2]
+    python benchmarks/federated.py --profile sites --pairs flat:outline --seeds 0 [--runs ...]   # one part
+    python benchmarks/federated.py --merge                                                       # the table
 
-Runs `fedgckd simulate` per setting (10 sites, delta 1e-5), evaluates each
-final model once on the target test split, and measures the record-level DP
-step against the same step without DP in one process. Record-level runs are
-repeated (`--repeats`, fresh DP noise and Poisson sampling each time: the
-spread of one DP run is several R1 points) and reported as mean and standard
-deviation; `--jobs` federations run side by side (one torch thread each).
-Besides test R1 the table shows the server's val R1 after the last round,
-the split every private-training choice was made on. Writes
-benchmarks/results/federated.json and federated.md.
+Each call runs the rows of `benchmarks/federated_rows.py` for one profile, its pairs and seeds, and writes a part
+`benchmarks/results/federated_parts/PROFILE_SOURCE_TARGET_sSEED.json`. The central rows (`direct`, `central_full`,
+`central_grouped_dp_eps8`) run here with the calls of `benchmarks/ablation.py` (`run_pair`); each federated row runs
+`fedgckd simulate` (`--sites` sites, a Dirichlet partition over identities, `--rounds` rounds, delta 1e-5, its seed)
+from the same teacher. Every final model is evaluated once on the target **test** split (`--split val` for choosing
+settings: the test split is then not read, and val parts are never merged). Profiles:
+
+- ``sites``: the `sites` profile's targets (18,000 train records each, `--sites-data`, generated there if the folder
+  is new), so ten sites hold about 1,800 records each; the teacher from the default profile's source (`--data`):
+  simulate finds the source through the teacher checkpoint, which records its data folder;
+- ``default``: the embedded benchmark's targets (1,800 train records over the sites: the reported corner).
+
+The teacher is pretrained per seed as `run_pair` does (its checkpoint saved under `--work`), unless `--teacher` names
+one checkpoint for every seed. `--set KEY=VALUE` passes run-config keys to every simulate call (recorded with the
+row). A part of a (profile, pair, seed) written later replaces the rows it holds. `--merge` reads every test part and
+writes `benchmarks/results/federated.json` (``{"runs": {PROFILE: {PAIR: {ROW: {"R1", "mAP", "epsilon", ...}}}},
+"bytes_per_site_round", "full_model_bytes", "dp_step_ratio"}``; `benchmarks/federated_merge.py`), its table and
+`federated.svg` (R1 against epsilon, central DP and federated on one figure).
 """
 
 from __future__ import annotations
@@ -19,135 +28,153 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from bench_utils import command_line, ensure_data, features, machine, write
+from bench_utils import RESULTS, command_line, ensure_data, features, machine, write
+from federated_merge import load_parts, markdown, merge, plot
+from federated_rows import CENTRAL_ROWS, DELTA, FED_ROWS, ROWS, central_privacy, read_run, simulate_command
 
-from common.atomic import read_json
-from common.checkpoint import load_checkpoint
-from common.losses.cmkd import CMKDConfig
+from common.atomic import atomic_write_bytes, atomic_write_json, read_json
+from common.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, source_meta
 from common.models.backbones import build_backbone
+from common.models.heads import HeadConfig
 from common.train.adapt import AdaptConfig, adapt
-from common.train.pretrain import evaluate_heads
+from common.train.adapt_release import adapt_grouped_release
+from common.train.pretrain import PretrainConfig, evaluate_heads, pretrain
 from common.train.site_context import PublicBank
 from dp_step import measure as measure_dp_step
 
-RUNS = {
-    "fed_none": ["--privacy", "none", "--mode", "full"],
-    "fed_site_eps8": ["--privacy", "site", "--mode", "full", "--epsilon", "8"],
-    "fed_record_eps1": ["--privacy", "record", "--mode", "per-record", "--epsilon", "1"],
-    "fed_record_eps4": ["--privacy", "record", "--mode", "per-record", "--epsilon", "4"],
-    "fed_record_eps8": ["--privacy", "record", "--mode", "per-record", "--epsilon", "8"],
-}
+PARTS = RESULTS / "federated_parts"
+PROFILES = ("default", "sites")
 
 
-def simulate(args, teacher: Path, name: str, extra: list[str]) -> Path:
-    out = args.runs / name
-    shutil.rmtree(out, ignore_errors=True)  # a fresh federation: sites keep their ledgers across runs otherwise
-    cmd = [sys.executable, "-m", "fedgckd", "simulate", "--data", str(args.data), "--teacher", str(teacher), "--target", args.target,
-           "--sites", str(args.sites), "--rounds", str(args.rounds), "--delta", "1e-5", "--out", str(out), "--state-dir", str(out / "sites"), *extra]
-    print("+", " ".join(cmd), flush=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1") if args.jobs > 1 else None
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
+def teacher_for(args, bb, data: Path, src: str, seed: int, s_train, s_val) -> Path:
+    """The teacher checkpoint of this seed: `--teacher`, or pretrained here as `run_pair` does and saved under --work
+    with its source data folder recorded (so simulate finds the source when --data holds only the targets)."""
+    if args.teacher is not None:
+        return args.teacher
+    out = args.work / "teachers" / f"{src}_s{seed}"
+    heads, hist = pretrain(s_train, s_val, HeadConfig(), PretrainConfig(seed=seed))
+    meta = {"role": "teacher", "source": source_meta(data, src, out), "training": hist}
+    save_checkpoint(Checkpoint(heads, bb.name, bb.fingerprint(), heads.cfg, bb.text_dim, bb.image_dim, seed, meta), out)
     return out
 
 
-def final_epsilon(run: Path) -> float | None:
-    audit = run / "audit.json"
-    if not audit.exists():
-        return None
-    sites = read_json(audit).get("sites", [])
-    eps = [s.get("epsilon") or s.get("epsilon_rdp") for s in (sites.values() if isinstance(sites, dict) else sites)]
-    eps = [e for e in eps if isinstance(e, (int, float))]
-    return round(max(eps), 3) if eps else None
+def central_rows(teacher, t_train, t_eval, bank, seed: int, only: set[str]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for row in (r for r in CENTRAL_ROWS if r in only):
+        t0 = time.perf_counter()
+        if row == "direct":
+            res = evaluate_heads(teacher, t_eval)
+        elif row == "central_full":  # run_pair's gckd_full
+            res = evaluate_heads(adapt(teacher, t_train, bank, AdaptConfig(seed=seed))[0], t_eval)
+        else:  # run_pair's gckd_grouped_dp_eps8
+            heads, _, led = adapt_grouped_release(teacher, t_train, bank, AdaptConfig(seed=seed, mode="grouped"), 8, DELTA)
+            res = evaluate_heads(heads, t_eval) | central_privacy(led)
+        out[row] = {"R1": res["R1"], "mAP": res["mAP"], "wall_s": round(time.perf_counter() - t0, 1)} | \
+            {k: v for k, v in res.items() if k not in ("R1", "mAP", "R5", "R10", "mINP")}
+        print(f"  seed {seed} {row:28s} R1 {out[row]['R1']:6.2f} mAP {out[row]['mAP']:6.2f}", flush=True)
+    return out
 
 
-def one_run(run: Path, test, name: str) -> dict:
-    """Test metrics of a finished federation, its server-side val R1 after the last round, epsilon and time."""
-    m = read_json(run / "metrics.json")
-    res = dict(evaluate_heads(load_checkpoint(run / "model").heads, test), val_R1=m["rounds"][-1]["R1"], wall_s=m.get("wall_s"))
-    eps = final_epsilon(run)
-    if eps is not None and name != "fed_none":
-        res["epsilon"] = eps
-        res["epsilon_unit"] = "site" if "site" in name else "record"  # per site, delta 1e-5, Opacus RDP
+def fed_row(args, row: str, target_data: Path, teacher: Path, tgt: str, seed: int, t_eval, stem: str) -> dict:
+    out = args.work / stem / row
+    shutil.rmtree(out, ignore_errors=True)  # a fresh federation: sites keep their ledgers across runs otherwise
+    shutil.rmtree(out.parent / f"{out.name}_sites", ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = simulate_command(row, data=target_data, teacher=teacher, target=tgt, sites=args.sites, rounds=args.rounds,
+                           seed=seed, out=out, cache=args.cache, sets=args.set, cpus=args.cpus)
+    print("+", " ".join(cmd), flush=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1") if args.jobs > 1 else None
+    log = out.parent / f"{row}.log"
+    with open(log, "wb") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    if rc != 0:
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        raise SystemExit(f"{row}: fedgckd simulate exited {rc} (log {log}):\n" + "\n".join(tail))
+    res = read_run(out, evaluate_heads(load_checkpoint(out / "model").heads, t_eval))
+    res["settings"] = {"sites": args.sites, "rounds": args.rounds, "set": list(args.set)}
+    print(f"  seed {seed} {row:28s} R1 {res['R1']:6.2f} mAP {res['mAP']:6.2f} epsilon {res.get('epsilon')}", flush=True)
     return res
 
 
-def main() -> None:
+def run_part(args) -> list[Path]:
+    data = ensure_data(args.data)
+    target_data = ensure_data(args.sites_data, profile="sites") if args.profile == "sites" else data
+    bb = build_backbone(args.backbone)
+    only, written = set(args.runs), []
+    for pair in args.pairs:
+        src, tgt = pair.split(":")
+        s_train, s_val = features(bb, data, src, "train", args.cache), features(bb, data, src, "val", args.cache)
+        t_train = features(bb, target_data, tgt, "train", args.cache, labels=False)
+        t_eval = features(bb, target_data, tgt, args.split, args.cache)
+        for seed in args.seeds:
+            t0 = time.perf_counter()
+            stem = f"{args.profile}_{src}_{tgt}_s{seed}" + ("" if args.split == "test" else f"_{args.split}")
+            teacher_dir = teacher_for(args, bb, data, src, seed, s_train, s_val)
+            teacher = load_checkpoint(teacher_dir).heads
+            bank = PublicBank.from_source(s_train, 2048, seed=seed)
+            rows = central_rows(teacher, t_train, t_eval, bank, seed, only)
+            fed = [r for r in FED_ROWS if r in only]
+            with ThreadPoolExecutor(args.jobs) as pool:
+                done = list(pool.map(lambda r: fed_row(args, r, target_data, teacher_dir, tgt, seed, t_eval, stem), fed))
+            rows |= dict(zip(fed, done))
+            part = {"profile": args.profile, "pair": f"{src}->{tgt}", "seed": seed, "split": args.split, "rows": rows,
+                    "command": command_line(), "machine": machine(), "seconds": round(time.perf_counter() - t0, 1)}
+            if fed:  # the record-level DP step against the plain one, on a site-sized pack of this target
+                site = t_train.select_images(torch.arange(len(t_train.image_feats) // args.sites))
+                part["dp_step"] = measure_dp_step(teacher, site, "last", 0.25)
+            PARTS.mkdir(parents=True, exist_ok=True)
+            name = PARTS / f"{stem}.json"
+            if name.exists() and args.split == "test":  # keep the rows this call did not rerun
+                old = read_json(name)
+                part["rows"] = {**old["rows"], **rows}
+                part["commands"] = [*old.get("commands", [old["command"]]), part["command"]]
+                part.setdefault("dp_step", old.get("dp_step"))
+            atomic_write_json(name, part)
+            written.append(name)
+            print(f"wrote {name}", flush=True)
+    return written
+
+
+def write_merged() -> dict:
+    parts = load_parts(PARTS)
+    if not parts:
+        raise SystemExit(f"no test parts under {PARTS}: run some first (see --help)")
+    payload = merge(parts) | {"machine": machine()}
+    write("federated", payload, markdown(payload))
+    atomic_write_bytes(RESULTS / "federated.svg", plot(payload["runs"]).encode())
+    return payload
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path("data/embedded"))
-    ap.add_argument("--source", default="flat")
-    ap.add_argument("--target", default="outline")
+    ap.add_argument("--profile", choices=PROFILES, default="sites")
+    ap.add_argument("--data", type=Path, default=Path("data/embedded"), help="the default profile (source, and its targets)")
+    ap.add_argument("--sites-data", type=Path, default=Path("data/sites"), help="the sites profile (18,000-record targets)")
+    ap.add_argument("--backbone", default="minilm-effnet")
+    ap.add_argument("--pairs", nargs="+", default=["flat:outline", "flat:shaded"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--runs", nargs="+", default=list(ROWS), choices=ROWS)
+    ap.add_argument("--split", choices=("val", "test"), default="test")
     ap.add_argument("--sites", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--teacher", type=Path, default=Path("runs/teachers/flat"), help="from benchmarks/direct_transfer.py")
-    ap.add_argument("--runs", type=Path, default=Path("runs/federated"))
-    ap.add_argument("--repeats", type=int, default=3, help="runs of each record-level setting (fresh DP noise)")
-    ap.add_argument("--jobs", type=int, default=2, help="federations run side by side")
-    args = ap.parse_args()
-    data = ensure_data(args.data)
-    t0 = time.perf_counter()
-    ckpt = load_checkpoint(args.teacher)
-    bb = build_backbone(ckpt.backbone)
-    test = features(bb, data, args.target, "test", None)
-    out: dict[str, dict] = {}
-    src = features(bb, data, args.source, "train", None)
-    tgt = features(bb, data, args.target, "train", None, labels=False)
-    bank = PublicBank.from_source(src, 2048)
-    val = features(bb, data, args.target, "val", None)
-    both = lambda heads: evaluate_heads(heads, test) | {"val_R1": evaluate_heads(heads, val)["R1"]}  # noqa: E731
-    out["direct"] = both(ckpt.heads)
-    out["central"] = both(adapt(ckpt.heads, tgt, bank, AdaptConfig())[0])
-    # not in the issue's shape: the one-machine per-record run, the ceiling of the record-level runs, with the
-    # federation's per-record settings (no text phase, which the federated path does not run; kd_weight 1.0)
-    out["central_per_record"] = both(adapt(ckpt.heads, tgt, bank, AdaptConfig(mode="per_record", text_phase=0.0, teacher_rounds=2, cmkd=CMKDConfig(),
-                                                                             whiten=0.0))[0])
-    print(f"central: R1 {out['central']['R1']:.2f}; central per-record: R1 {out['central_per_record']['R1']:.2f}", flush=True)
-    jobs = [(name, rep, extra) for name, extra in RUNS.items()
-            for rep in range(args.repeats if name.startswith("fed_record") else 1)]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        done = list(pool.map(lambda j: (j[0], simulate(args, args.teacher, j[0] + (f"_{j[1]}" if j[1] else ""), j[2])), jobs))
-    for name in RUNS:
-        reps = [one_run(run, test, name) for n, run in done if n == name]
-        out[name] = {k: statistics.fmean(r[k] for r in reps) for k in ("R1", "mAP", "val_R1")} | \
-            {k: v for k, v in reps[0].items() if k in ("epsilon", "epsilon_unit")}
-        out[name]["wall_s"] = statistics.fmean(r["wall_s"] for r in reps)
-        if len(reps) > 1:
-            out[name] |= {"R1_std": statistics.stdev(r["R1"] for r in reps), "val_R1_std": statistics.stdev(r["val_R1"] for r in reps),
-                          "repeats": [{k: round(r[k], 2) for k in ("R1", "mAP", "val_R1")} for r in reps]}
-        print(f"{name}: R1 {out[name]['R1']:.2f} mAP {out[name]['mAP']:.2f} eps {out[name].get('epsilon')}", flush=True)
-    metrics = read_json(done[-1][1] / "metrics.json")
-    mb = metrics["model_bytes"]
-    site = tgt.select_images(torch.arange(len(tgt.image_feats) // args.sites))  # a site-sized pack
-    dp_step = measure_dp_step(ckpt.heads, site, "last", 0.25)
-    runs = {k: {m: round(v[m], 2) for m in ("R1", "R1_std", "mAP", "val_R1", "val_R1_std") if m in v}
-            | {m: v[m] for m in ("epsilon", "epsilon_unit", "wall_s", "repeats") if m in v} for k, v in out.items()}
-    gain = runs["central"]["R1"] - runs["direct"]["R1"]
-    share = {k: round((runs[k]["R1"] - runs["direct"]["R1"]) / gain, 3) for k in RUNS} if gain > 0 else {}
-    payload = {
-        "source": args.source, "target": args.target, "sites": args.sites, "rounds": args.rounds, "delta": 1e-5,
-        "repeats_of_record_level_runs": args.repeats, "runs": runs,
-        "bytes_per_site_round": mb["update_bytes"], "full_model_bytes": mb["full_model_bytes"],
-        "dp_step_ratio": dp_step["ratio"], "dp_step": dp_step, "share_of_central_gain": share,
-        "command": command_line(), "machine": machine(), "seconds": round(time.perf_counter() - t0, 1),
-    }
-    lines = [f"{args.source}→{args.target}, {args.sites} sites, {args.rounds} rounds, delta 1e-5; R1 and mAP on the target "
-             f"test split, record-level runs mean ± std of {args.repeats}; val R1: the server's last-round figure.", "",
-             "| run | R1 | mAP | val R1 | share of central R1 gain | epsilon per site (delta 1e-5, RDP) |", "|---|---|---|---|---|---|"]
-    pm = lambda v, k: f"{v[k]:.1f} ± {v[k + '_std']:.1f}" if k + "_std" in v else (f"{v[k]:.1f}" if k in v else "–")  # noqa: E731
-    for k, v in runs.items():
-        eps = f"{v['epsilon']} ({v['epsilon_unit']}-level)" if "epsilon" in v else "–"
-        lines.append(f"| {k} | {pm(v, 'R1')} | {v['mAP']:.1f} | {pm(v, 'val_R1')} | {f'{share[k]:.0%}' if k in share else '–'} | {eps} |")
-    frac = 100 * mb["update_bytes"] / mb["full_model_bytes"]
-    lines += ["", f"Bytes per site per round: {mb['update_bytes']:,} ({frac:.2f}% of the full model's {mb['full_model_bytes']:,} B). "
-              f"DP step / non-DP step: {payload['dp_step_ratio']}x.", "", f"Command: `{payload['command']}`; {payload['seconds']} s."]
-    write("federated", payload, "\n".join(lines) + "\n")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a run-config key for every simulate call")
+    ap.add_argument("--teacher", type=Path, default=None, help="one teacher checkpoint for every seed (default: pretrain per seed)")
+    ap.add_argument("--work", type=Path, default=Path("runs/federated"), help="teachers and run folders")
+    ap.add_argument("--cache", type=Path, default=None)
+    ap.add_argument("--cpus", type=int, default=None, help="simulate --cpus")
+    ap.add_argument("--jobs", type=int, default=1, help="federations run side by side (one torch thread each)")
+    ap.add_argument("--merge", action="store_true", help="merge the test parts into federated.json, .md and .svg")
+    args = ap.parse_args(argv)
+    if args.merge:
+        write_merged()
+    else:
+        run_part(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,142 @@
+"""benchmarks/federated.py (v2): each row runs what it claims, parts merge into the issue's shape, one tiny part end
+to end (a real `fedgckd simulate` subprocess, its ledger and bytes read back)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import federated  # noqa: E402
+import federated_merge  # noqa: E402
+import federated_rows  # noqa: E402
+from federated_rows import simulate_command  # noqa: E402
+
+
+def flags(cmd: list[str]) -> dict[str, str]:
+    """`--flag value` pairs of a command line (each flag once, as simulate_command writes them, except --set)."""
+    i = cmd.index("simulate") + 1
+    out = {}
+    while i < len(cmd):
+        out.setdefault(cmd[i], []).append(cmd[i + 1])
+        i += 2
+    return {k: v[0] if len(v) == 1 else v for k, v in out.items()}
+
+
+# what each row claims in its name, written out by hand: (mode, privacy, epsilon)
+CLAIMED = {
+    "fed_full_none": ("full", "none", None),
+    "fed_grouped_none": ("grouped", "none", None),
+    "fed_grouped_record_eps1": ("grouped", "record", "1"),
+    "fed_grouped_record_eps4": ("grouped", "record", "4"),
+    "fed_grouped_record_eps8": ("grouped", "record", "8"),
+    "fed_per_record_record_eps8": ("per-record", "record", "8"),
+    "fed_full_site_eps8": ("full", "site", "8"),
+}
+
+
+@pytest.mark.parametrize("row", sorted(CLAIMED))
+def test_each_federated_row_runs_simulate_as_its_name_says(row, tmp_path):
+    cmd = simulate_command(row, data=Path("data/sites"), teacher=Path("t"), target="shaded", sites=10, rounds=7, seed=2,
+                           out=tmp_path / "run", sets=["server-optimizer=fedavgm", "anchors=64"])
+    assert cmd[1:4] == ["-m", "fedgckd", "simulate"]
+    f = flags(cmd)
+    mode, privacy, eps = CLAIMED[row]
+    assert (f["--mode"], f["--privacy"], f.get("--epsilon")) == (mode, privacy, eps)
+    assert f["--delta"] == "1e-05" and float(f["--delta"]) == 1e-5
+    assert (f["--data"], f["--target"], f["--sites"], f["--rounds"], f["--seed"]) == ("data/sites", "shaded", "10", "7", "2")
+    assert f["--partition"] == "dirichlet" and f["--out"] == str(tmp_path / "run")
+    assert f["--state-dir"] != f["--out"] and not f["--state-dir"].startswith(f["--out"] + "/")
+    assert f["--set"] == ["server-optimizer=fedavgm", "anchors=64"]
+
+
+def test_the_row_table_is_the_issues_and_a_central_row_is_not_simulated():
+    assert set(federated_rows.FED_ROWS) == set(CLAIMED)
+    assert federated_rows.CENTRAL_ROWS == ("direct", "central_full", "central_grouped_dp_eps8")
+    with pytest.raises(KeyError, match="not a federated row"):
+        simulate_command("central_full", data=Path("d"), teacher=Path("t"), target="x", sites=2, rounds=1, seed=0,
+                         out=Path("o"))
+
+
+def _row(r1, m, eps=None, **extra):
+    row = {"R1": r1, "mAP": m, **extra}
+    if eps is not None:
+        row |= {"epsilon": eps, "epsilon_unit": "record", "delta": 1e-5, "accountant": "rdp", "within_budget": True}
+    return row
+
+
+def _write(folder: Path, name: str, **part):
+    base = {"split": "test", "command": f"python benchmarks/federated.py # {name}", "machine": {}}
+    (folder / f"{name}.json").write_text(json.dumps(base | part))
+
+
+def test_merge_gives_hand_computed_means_and_ignores_val_parts(tmp_path):
+    _write(tmp_path, "a", profile="sites", pair="flat->outline", seed=0, dp_step={"ratio": 1.2},
+           rows={"direct": _row(10.0, 8.0), "central_full": _row(60.0, 50.0),
+                 "fed_grouped_record_eps8": _row(20.0, 15.0, 7.9, bytes_per_site_round=1000, full_model_bytes=100_000)})
+    _write(tmp_path, "b", profile="sites", pair="flat->outline", seed=1, dp_step={"ratio": 1.4},
+           rows={"direct": _row(12.0, 10.0), "central_full": _row(64.0, 52.0),
+                 "fed_grouped_record_eps8": _row(30.0, 25.0, 7.95, bytes_per_site_round=1000, full_model_bytes=100_000)})
+    _write(tmp_path, "c_val", profile="sites", pair="flat->outline", seed=2, split="val",
+           rows={"direct": _row(99.0, 99.0)})
+    out = federated_merge.merge(federated_merge.load_parts(tmp_path))
+    rows = out["runs"]["sites"]["flat->outline"]
+    assert list(rows) == ["direct", "central_full", "fed_grouped_record_eps8"]
+    # by hand: means (10+12)/2, (60+64)/2, (20+30)/2; sample std of (20, 30) = sqrt(50) = 7.07
+    assert rows["direct"] == {"R1": 11.0, "R1_std": 1.41, "mAP": 9.0, "mAP_std": 1.41, "epsilon": None, "seeds": [0, 1]}
+    g = rows["fed_grouped_record_eps8"]
+    assert (g["R1"], g["R1_std"], g["mAP"], g["epsilon"]) == (25.0, 7.07, 20.0, 7.95)
+    assert (g["epsilon_unit"], g["delta"], g["accountant"], g["within_budget"]) == ("record", 1e-5, "rdp", True)
+    # share of central_full's gain over direct: (25 - 11) / (62 - 11)
+    assert out["share_of_central_gain"]["sites"]["flat->outline"]["fed_grouped_record_eps8"] == round(14 / 51, 3)
+    assert (out["bytes_per_site_round"], out["full_model_bytes"], out["dp_step_ratio"]) == (1000, 100_000, 1.4)
+    assert len(out["commands"]) == 2  # the val part's command is not among them
+    assert "7.95 (record-level, delta 1e-05, RDP)" in federated_merge.markdown(out)
+
+
+def test_merge_refuses_seeds_that_disagree_on_the_privacy_claim_or_the_settings(tmp_path):
+    a = _row(20.0, 15.0, 7.9)
+    _write(tmp_path, "a", profile="default", pair="flat->outline", seed=0, rows={"fed_grouped_record_eps8": a})
+    _write(tmp_path, "b", profile="default", pair="flat->outline", seed=1,
+           rows={"fed_grouped_record_eps8": a | {"accountant": "prv"}})
+    with pytest.raises(ValueError, match="disagree on accountant"):
+        federated_merge.merge(federated_merge.load_parts(tmp_path))
+    _write(tmp_path, "b", profile="default", pair="flat->outline", seed=1,
+           rows={"fed_grouped_record_eps8": a | {"settings": {"rounds": 3}}})
+    with pytest.raises(ValueError, match="different settings"):
+        federated_merge.merge(federated_merge.load_parts(tmp_path))
+
+
+@pytest.fixture
+def parts_here(tmp_path, monkeypatch):
+    monkeypatch.setattr(federated, "PARTS", tmp_path / "parts")
+    monkeypatch.setattr(federated, "RESULTS", tmp_path)
+    monkeypatch.setattr(federated, "write", lambda name, payload, md: (tmp_path / f"{name}.json").write_text(
+        json.dumps(payload)) or (tmp_path / f"{name}.md").write_text(md))
+    return tmp_path
+
+
+def test_a_later_part_replaces_the_rows_it_holds_and_keeps_the_others(parts_here, monkeypatch):
+    results = iter([{"direct": _row(10.0, 8.0), "central_full": _row(60.0, 50.0)}, {"central_full": _row(70.0, 55.0)}])
+    monkeypatch.setattr(federated, "ensure_data", lambda d, profile="default": d)
+    monkeypatch.setattr(federated, "build_backbone", lambda name: None)
+    monkeypatch.setattr(federated, "features", lambda *a, **k: None)
+    monkeypatch.setattr(federated, "teacher_for", lambda *a: Path("teacher"))
+    monkeypatch.setattr(federated, "load_checkpoint", lambda p: type("C", (), {"heads": None}))
+    monkeypatch.setattr(federated.PublicBank, "from_source", lambda *a, **k: None)
+    monkeypatch.setattr(federated, "central_rows", lambda *a: next(results))
+    args = ["--profile", "default", "--pairs", "flat:outline", "--seeds", "0", "--runs", "direct", "central_full"]
+    federated.main(args)
+    federated.main(args[:-2] + ["central_full"])
+    part = json.loads((parts_here / "parts" / "default_flat_outline_s0.json").read_text())
+    assert part["rows"] == {"direct": _row(10.0, 8.0), "central_full": _row(70.0, 55.0)}
+    assert len(part["commands"]) == 2
+    federated.main(["--merge"])
+    merged = json.loads((parts_here / "federated.json").read_text())
+    assert merged["runs"]["default"]["flat->outline"]["central_full"]["R1"] == 70.0
+    assert (parts_here / "federated.svg").read_text().lstrip().startswith("<?xml")
