@@ -67,12 +67,13 @@ def propagate_groups(img: torch.Tensor, mi: torch.Tensor, txt: torch.Tensor, mt:
     pub_sum = x0.new_zeros(g, n, x0.shape[2])
     pub_deg = x0.new_zeros(g, n)
     kp = min(cfg.k_public, len(public))
-    if kp > 0:
+    if kp > 0:  # real nodes only (padded ones get no public edge): most slots of a batch are padding
         pub = F.normalize(public.to(x0.dtype), dim=-1)
-        val, idx = (x0 @ pub.T).topk(kp, dim=2)
-        wp = torch.where(val > cfg.min_sim, val, torch.zeros_like(val)) * cfg.public_weight * mask[..., None]
-        pub_sum = (wp[..., None] * pub[idx]).sum(2)
-        pub_deg = wp.sum(2)
+        real = mask.nonzero(as_tuple=True)
+        val, idx = (x0[real] @ pub.T).topk(kp, dim=1)
+        wp = torch.where(val > cfg.min_sim, val, torch.zeros_like(val)) * cfg.public_weight
+        pub_sum[real] = (wp[..., None] * pub[idx]).sum(1)
+        pub_deg[real] = wp.sum(1)
     deg = w.sum(2) + pub_deg
     x = x0
     for _ in range(cfg.steps):

@@ -125,11 +125,12 @@ def _side(q_s, own_s, cand_s, q_t, own_t, cand_t, cand_valid, positive, public, 
     parts_s = [(q_s * own_s).sum(-1, keepdim=True), q_s @ cand_s.transpose(1, 2)]
     parts_t = [(q_t * own_t).sum(-1, keepdim=True), q_t @ cand_t.transpose(1, 2)]
     masks = [torch.zeros(g, nq, 1, dtype=torch.bool), ~cand_valid]
-    if h:
-        t_pub = q_t @ public.T
-        hard = t_pub.topk(h, dim=2).indices
-        parts_s.append((q_s @ public.T).gather(2, hard))
-        parts_t.append(t_pub.gather(2, hard))
+    if h:  # scored for real queries only (most slots are padding); a padded query's row stays 0 and is masked out
+        real = qmask.nonzero(as_tuple=True)
+        t_pub = q_t[real] @ public.T
+        hard = t_pub.topk(h, dim=1).indices
+        parts_s.append(q_s.new_zeros(g, nq, h).index_put(real, (q_s[real] @ public.T).gather(1, hard)))
+        parts_t.append(q_t.new_zeros(g, nq, h).index_put(real, t_pub.gather(1, hard)))
         masks.append(torch.zeros(g, nq, h, dtype=torch.bool))
     mask = torch.cat(masks, 2)
     logit_s = (torch.cat(parts_s, 2) / cfg.tau_student).masked_fill(mask, float("-inf"))

@@ -21,6 +21,13 @@ every parameter of the projection heads (`train-params` ``last``, ``all``,
 parameters together. `train_record_level` falls back to Opacus' ghost
 clipping when some trained parameter is in another kind of layer; tests check
 both paths against batch-of-one gradients.
+
+Packed layouts: by default row ``b`` of every layer input is record ``b``
+(``[B, n, in]``, padded rows having a zero output gradient). With ``rows``, a
+layer's input holds only real rows (``[M, in]``), and ``rows[layer]`` names
+each one's (record, slot): the ghost norm scatters them into ``[B, n, in]``
+(the same sums, without running the layer on padding) and the clipped sum is
+one matmul over the real rows.
 """
 
 from __future__ import annotations
@@ -63,27 +70,47 @@ class BookkeepingClipper:
         for h in self._hooks:
             h.remove()
 
-    def clipped_sum(self, losses: torch.Tensor, clip: float) -> tuple[dict[nn.Parameter, torch.Tensor], torch.Tensor]:
+    def clipped_sum(self, losses: torch.Tensor, clip: float, rows: dict[nn.Module, tuple] | None = None
+                    ) -> tuple[dict[nn.Parameter, torch.Tensor], torch.Tensor]:
         """({param: sum over records of the record's clipped gradient}, per-record norms before clipping).
 
         losses: [B] per-record losses of the forward pass just run (row b of every layer input is record b).
+        rows: optional {layer: (record [M], slot [M], slots n)} for layers whose input holds real rows only.
         """
         grads_out = torch.autograd.grad(losses.sum(), [self._seen[m][1] for m in self.layers])
         b = len(losses)
         sq = losses.new_zeros(b)
-        pieces = []  # (param, (a, g) of a Linear weight, or the [B, d] per-record gradients of a vector parameter)
+        pieces = []  # (param, (a, g, record of each row) of a Linear weight, or the [B, d] per-record gradients of a vector)
         for m, g in zip(self.layers, grads_out):
             a = self._seen[m][0]
-            a, g = a.reshape(b, -1, a.shape[-1]), g.reshape(b, -1, g.shape[-1])  # [B, n, in], [B, n, out]
+            if rows is not None and m in rows:
+                rec, slot, n = rows[m]
+                a, g = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])  # [M, in], [M, out]
+
+                def per_record(x: torch.Tensor) -> torch.Tensor:
+                    return x.new_zeros(b, x.shape[-1]).index_add_(0, rec, x)
+
+                def padded(x: torch.Tensor) -> torch.Tensor:
+                    return x.new_zeros(b, n, x.shape[-1]).index_put_((rec, slot), x)
+            else:
+                a, g = a.reshape(b, -1, a.shape[-1]), g.reshape(b, -1, g.shape[-1])  # [B, n, in], [B, n, out]
+                rec = None
+
+                def per_record(x: torch.Tensor) -> torch.Tensor:
+                    return x.sum(1)
+
+                def padded(x: torch.Tensor) -> torch.Tensor:
+                    return x
             if isinstance(m, nn.Linear):
                 if _trained(m.weight):
-                    sq = sq + ((a @ a.transpose(1, 2)) * (g @ g.transpose(1, 2))).sum((1, 2))
-                    pieces.append((m.weight, (a, g)))
+                    pa, pg = padded(a), padded(g)
+                    sq = sq + ((pa @ pa.transpose(1, 2)) * (pg @ pg.transpose(1, 2))).sum((1, 2))
+                    pieces.append((m.weight, (a, g, rec)))
             elif _trained(m.weight):
                 xhat = F.layer_norm(a, m.normalized_shape, eps=m.eps)
-                pieces.append((m.weight, (g * xhat).sum(1)))
+                pieces.append((m.weight, per_record(g * xhat)))
             if _trained(m.bias):
-                pieces.append((m.bias, g.sum(1)))
+                pieces.append((m.bias, per_record(g)))
         for _, piece in pieces:
             if not isinstance(piece, tuple):
                 sq = sq + piece.pow(2).sum(1)
@@ -92,8 +119,8 @@ class BookkeepingClipper:
         out: dict[nn.Parameter, torch.Tensor] = {}
         for p, piece in pieces:
             if isinstance(piece, tuple):
-                a, g = piece
-                gc = g * factor[:, None, None]
+                a, g, rec = piece
+                gc = g * (factor[:, None, None] if rec is None else factor[rec][:, None])
                 out[p] = gc.reshape(-1, gc.shape[-1]).t() @ a.reshape(-1, a.shape[-1])
             else:
                 out[p] = (piece * factor[:, None]).sum(0)

@@ -71,12 +71,13 @@ class GroupClippedSGD:
     def clipped_sum(self, pack: GroupPack, targets: torch.Tensor, criterion: GroupLoss) -> tuple[dict, torch.Tensor, torch.Tensor]:
         """({param: sum over groups of the group's clipped gradient}, per-group norms, per-group losses): pre-noise."""
         self.model.shape = (pack.img.shape[1], pack.txt.shape[1])
-        x = pack.inputs()
         if self.path == "bookkeeping":
             criterion.reduction = "none"
-            losses = criterion(self.model(x), targets)
-            sums, norms = self.clipper.clipped_sum(losses, self.clip)
+            out, rows = self._real_rows_forward(pack)
+            losses = criterion(out, targets)
+            sums, norms = self.clipper.clipped_sum(losses, self.clip, rows)
             return sums, norms, losses.detach()
+        x = pack.inputs()
         criterion.reduction = "mean"
         self.opt.zero_grad(set_to_none=True)
         loss = DPLossFastGradientClipping(self.gsm, self.opt, criterion, loss_reduction="mean")(self.gsm(x), targets)
@@ -84,6 +85,20 @@ class GroupClippedSGD:
         norms = self.gsm.get_norm_sample() if hasattr(self.gsm, "get_norm_sample") else torch.empty(0)
         sums = {p: p.grad.detach().clone() for p in self.trained}
         return sums, norms.detach(), loss.loss_per_sample.detach()
+
+    def _real_rows_forward(self, pack: GroupPack) -> tuple[torch.Tensor, dict]:
+        """`GroupedStudent`'s output rows, with the heads run on the real slots only (padded slots come out as zeros,
+        which the loss masks exactly as it masks the padded slots of the padded forward), and the clipper's layout
+        of each head layer's input rows: {layer: (group, slot, slots)}."""
+        (gi, si), (gt, st) = pack.mi.nonzero(as_tuple=True), pack.mt.nonzero(as_tuple=True)
+        g, ri, rt = len(pack), pack.img.shape[1], pack.txt.shape[1]
+        e_img, e_txt = self.heads.image(pack.img[gi, si]), self.heads.text(pack.txt[gt, st])
+        s_img = e_img.new_zeros(g, ri, e_img.shape[1]).index_put((gi, si), e_img)
+        s_txt = e_txt.new_zeros(g, rt, e_txt.shape[1]).index_put((gt, st), e_txt)
+        out = torch.cat([s_img.reshape(g, -1), s_txt.reshape(g, -1), pack.mi.to(s_img.dtype), pack.mt.to(s_img.dtype)], 1)
+        rows = {m: (gi, si, ri) for m in self.heads.image_head.modules()}
+        rows.update({m: (gt, st, rt) for m in self.heads.text_head.modules()})
+        return out, rows
 
     def step(self, pack: GroupPack | None, targets: torch.Tensor | None, criterion: GroupLoss | None) -> float:
         """One released step; ``pack`` None (an empty Poisson batch) releases the noise alone. Returns the mean group loss."""

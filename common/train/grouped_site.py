@@ -44,6 +44,14 @@ def release_prototypes(views: torch.Tensor, anchors: torch.Tensor, k: int, itera
     return release.prototypes, release.counts_noisy, release.history
 
 
+def _real_slots(head, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``head`` on the real slots of packed features [G, R, F] only; padded slots come back as zeros (they were
+    masked to zeros after the head anyway), so most of the batch's padding costs nothing."""
+    real = mask.nonzero(as_tuple=True)
+    e = head(x[real])
+    return e.new_zeros(*mask.shape, e.shape[1]).index_put(real, e)
+
+
 @dataclass
 class GroupedSite:
     target: FeatureSet  # without identity labels
@@ -81,7 +89,7 @@ class GroupedSite:
         self.stats.add(gid)
         pack = GroupPack.build(self.target.image_feats, self.target.text_feats, self.caps_of, recs, gid)
         with torch.no_grad():
-            t_img, t_txt = teacher.image(pack.img), teacher.text(pack.txt)
+            t_img, t_txt = _real_slots(teacher.image, pack.img, pack.mi), _real_slots(teacher.text, pack.txt, pack.mt)
             if gmp is not None:
                 public = torch.cat([anchor_images, anchor_texts, protos])
                 t_img, t_txt = propagate_groups(t_img, pack.mi, t_txt, pack.mt, pack.slot, public, gmp)
