@@ -109,7 +109,7 @@ def _eps(m: dict) -> str:
     if m.get("epsilon") is None:
         return "–"
     note = "" if m.get("within_budget", True) else ", over budget"
-    return f"{m['epsilon']:.2f} ({m['epsilon_unit']}-level, delta {m['delta']:g}, {m['accountant'].upper()}{note})"
+    return f"{m['epsilon']:g} ({m['epsilon_unit']}-level, delta {m['delta']:g}, {m['accountant'].upper()}{note})"
 
 
 def _pm(m: dict, key: str) -> str:
@@ -126,11 +126,11 @@ def markdown(payload: dict) -> str:
             lines += [f"**{profile}** profile, {pair.replace('->', '→')}", "",
                       "| row | R1 | mAP | share | epsilon per site | bytes per site per round | wall (s) | seeds |",
                       "|---|---|---|---|---|---|---|---|"]
-            for row, m in rows.items():
+            for row, m in sorted(rows.items(), key=lambda kv: ROWS.index(kv[0]) if kv[0] in ROWS else len(ROWS)):
                 sh = f"{share[row]:.0%}" if row in share else "–"
                 b = f"{m['bytes_per_site_round']:,}" if "bytes_per_site_round" in m else "–"
-                lines.append(f"| {row} | {_pm(m, 'R1')} | {_pm(m, 'mAP')} | {sh} | {_eps(m)} | {b} | "
-                             f"{m.get('wall_s', '–')} | {', '.join(map(str, m['seeds']))} |")
+                lines.append(f"| {row} | {_pm(m, 'R1')} | {_pm(m, 'mAP')} | {sh} | {_eps(m)} | {b} | " + (
+                             f"{m['wall_s']:.0f} | " if m.get("wall_s") is not None else "– | ") + f"{', '.join(map(str, m['seeds']))} |")
             lines.append("")
     if payload["bytes_per_site_round"]:
         frac = 100 * payload["bytes_per_site_round"] / payload["full_model_bytes"]
@@ -170,7 +170,9 @@ def plot(runs: dict) -> str:
                 if row in rows:
                     ax.axhline(rows[row]["R1"], ls=style, color=c, lw=0.8)
         ax.set_title(f"{profile} profile (dashed: central_full, dash-dot: fed_full_none, dotted: direct)", fontsize=7)
-        ax.set_xlabel("record-level epsilon per site (delta 1e-5, RDP)")
+        claims = sorted({f"delta {m['delta']:g}, {m['accountant'].upper()}" for rows in pairs.values() for m in rows.values()
+                         if m.get("epsilon") is not None and m.get("epsilon_unit") == "record"})
+        ax.set_xlabel(f"record-level epsilon per site ({'; '.join(claims) or 'none claimed'})")
         ax.set_ylabel("test R1")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -27,8 +28,11 @@ BLOCK = re.compile(r"(<!-- table:([\w-]+) -->\n)(.*?)(<!-- /table:\2 -->)", re.S
 HEADLINE = ("direct", "pair_finetune", "pair_finetune_ema", "gckd_full", "gckd_per_record", "oracle")
 # row order (the JSON's keys are sorted alphabetically): baselines, then GCKD, then ceilings; names not listed follow
 ORDER = ("direct", "teacher", "pair_finetune", "pair_finetune_ema", "cmkd_only", "gmp_only", "gckd_full", "central",
-         "gckd_per_record", "central_per_record", "gckd_per_record_exact_stats", "oracle", "oracle_scratch", "fed_none",
-         "fed_site_eps8", "fed_record_eps1", "fed_record_eps4", "fed_record_eps8",
+         "central_full", "central_grouped_dp_eps8", "gckd_per_record", "central_per_record", "gckd_per_record_exact_stats",
+         "oracle", "oracle_scratch", "fed_none", "fed_full_none", "fed_grouped_none", "fed_grouped_record_eps1",
+         "fed_grouped_record_eps4", "fed_grouped_record_eps8", "fed_per_record_record_eps1", "fed_per_record_record_eps4",
+         "fed_per_record_record_eps8", "fed_full_site_eps8", "fed_site_eps8", "fed_record_eps1", "fed_record_eps4",
+         "fed_record_eps8",
          "last_lr0.1", "last_lr0.01", "last_no_noise", "norms+biases", "norms+biases_no_noise", "rank16",
          "rank16_no_noise", "fedsgd", "distributed")
 
@@ -113,25 +117,53 @@ def ablation() -> str:
     return _ablation(None)
 
 
-def federated() -> str:
+def federated(where: str = "README.md") -> str:
+    """The federated benchmark's headline profile (`sites` once run, else `default`), one column group per pair; the
+    other profiles are in federated.md, linked from the block (paths relative to the file ``where``)."""
     d = load("federated")
     if d is None:
-        return not_run("python benchmarks/federated.py")
-    share = d.get("share_of_central_gain", {})
-    lines = [f"{d['source']}→{d['target']}, {d['sites']} sites, {d['rounds']} rounds; R1 and mAP on the target test "
-             f"split (record-level runs: mean ± std of {d.get('repeats_of_record_level_runs', 1)}); val R1: the server's "
-             "last-round figure.", "",
-             f"| run | R1 | mAP | val R1 | share of central R1 gain | epsilon per site (delta {d['delta']:g}, RDP) |",
-             "|---|---|---|---|---|---|"]
-    for k in ordered(d["runs"]):
-        v = d["runs"][k]
-        eps = f"{v['epsilon']:g} ({v['epsilon_unit']}-level)" if "epsilon" in v else "–"
-        lines.append(f"| {k} | {pm(v, 'R1')} | {pm(v, 'mAP')} | {pm(v, 'val_R1')} | "
-                     f"{f'{share[k]:.0%}' if k in share else '–'} | {eps} |")
+        return not_run("python benchmarks/federated.py --profile sites && python benchmarks/federated.py --merge")
+    profile = "sites" if "sites" in d["runs"] else next(iter(d["runs"]))
+    pairs = d["runs"][profile]
+    share = d.get("share_of_central_gain", {}).get(profile, {})
+    names = ordered({r for rows in pairs.values() for r in rows})
+    claims = {(m["delta"], m["accountant"]) for rows in pairs.values() for m in rows.values() if m.get("epsilon") is not None}
+    one = len(claims) == 1
+    if d.get("converted_from") == "v1":
+        head = (f"**{profile}** profile, {d['sites']} sites, {d['rounds']} rounds, one teacher (seed 0): the first "
+                f"version of this benchmark, its rows renamed; R1 and mAP on the target test split (record-level rows: "
+                f"mean ± std of {d['repeats_of_record_level_runs']} runs with fresh DP noise).")
+    else:
+        seeds = sorted({s for rows in pairs.values() for m in rows.values() for s in m["seeds"]})
+        head = (f"**{profile}** profile, ten sites (Dirichlet partition); R1 and mAP on the target test split, mean ± "
+                f"std over seeds {', '.join(map(str, seeds))}.")
+    eps_head = "epsilon per site" + (f" (delta {next(iter(claims))[0]:g}, {next(iter(claims))[1].upper()})" if one else "")
+    lines = [head + " Share: of `central_full`'s R1 gain over `direct`.", "",
+             "| row | " + " | ".join(f"{p.replace('->', '→')} R1 | mAP | share" for p in pairs) + f" | {eps_head} |",
+             "|---|" + "---|---|---|" * len(pairs) + "---|"]
+    for n in names:
+        cells = []
+        for pair, rows in pairs.items():
+            m = rows.get(n)
+            sh = share.get(pair, {}).get(n)
+            cells.append("– | – | –" if m is None else f"{pm(m, 'R1')} | {pm(m, 'mAP')} | {'–' if sh is None else f'{sh:.0%}'}")
+        m = next(rows[n] for rows in pairs.values() if n in rows)
+        eps = "–" if m.get("epsilon") is None else (f"{m['epsilon']:g} ({m['epsilon_unit']}-level" +
+                                                      (")" if one else f", delta {m['delta']:g}, {m['accountant'].upper()})"))
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {eps} |")
     frac = 100 * d["bytes_per_site_round"] / d["full_model_bytes"]
     lines += ["", f"Update per site per round: {d['bytes_per_site_round']:,} B of trained numbers ({frac:.2f}% of the "
               f"full model's {d['full_model_bytes']:,} B; Flower adds a header of about 128 B per array). "
-              f"DP step / non-DP step: {d['dp_step_ratio']}x.", "", f"Command: `{d['command']}`; {machine(d)}, {d['seconds']} s."]
+              f"DP step / non-DP step: {d['dp_step_ratio']}x."]
+    rel = lambda name: os.path.relpath(RESULTS / name, (ROOT / where).parent)  # noqa: E731
+    more = [f"![test R1 against epsilon]({rel('federated.svg')})"] if (RESULTS / "federated.svg").exists() else []
+    if len(d["runs"]) > 1:
+        more.append(f"Every profile and row: [federated.md]({rel('federated.md')}).")
+    if more:
+        lines += ["", " ".join(more)]
+    cmds = d.get("commands", [])
+    cmd = f"`{cmds[0]}`" if len(cmds) == 1 else f"{len(cmds)} runs of `benchmarks/federated.py`, then `--merge`"
+    lines += ["", f"Command: {cmd}; {machine(d)}" + (f", {d['seconds']} s." if "seconds" in d else ".")]
     return "\n".join(lines) + "\n"
 
 
@@ -226,13 +258,17 @@ RENDERERS: dict[str, Callable[[], str]] = {
 }
 
 
-def render(text: str, where: str = "") -> str:
+WHERE_AWARE = {"federated"}  # renderers that link files, relative to the file the block is in
+
+
+def render(text: str, where: str = "README.md") -> str:
     """`text` with every table block rendered afresh; an unknown NAME is an error naming the file."""
     def one(m: re.Match) -> str:
         name = m.group(2)
         if name not in RENDERERS:
             raise KeyError(f"{where}: unknown table {name!r}; known: {', '.join(RENDERERS)}")
-        return m.group(1) + RENDERERS[name]() + m.group(4)
+        body = RENDERERS[name](where) if name in WHERE_AWARE else RENDERERS[name]()
+        return m.group(1) + body + m.group(4)
 
     return BLOCK.sub(one, text)
 

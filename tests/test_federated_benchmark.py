@@ -140,3 +140,49 @@ def test_a_later_part_replaces_the_rows_it_holds_and_keeps_the_others(parts_here
     merged = json.loads((parts_here / "federated.json").read_text())
     assert merged["runs"]["default"]["flat->outline"]["central_full"]["R1"] == 70.0
     assert (parts_here / "federated.svg").read_text().lstrip().startswith("<?xml")
+
+
+@pytest.mark.slow
+def test_one_tiny_part_end_to_end_with_the_source_in_another_folder(parts_here, monkeypatch, tmp_path):
+    """The sites profile's situation on the tiny benchmark: the target folder holds no source domain, so simulate
+    finds the source through the teacher checkpoint. One federated row through a real `fedgckd simulate`; the part's
+    figures are checked against the run folder and a second evaluation of its model."""
+    import shutil
+
+    from fed_support import SOURCE, TARGET, shared_bench
+
+    from common.atomic import read_json
+    from common.checkpoint import load_checkpoint
+    from common.models.backbones import build_backbone
+    from common.pipeline import domain_features
+    from common.train.pretrain import evaluate_heads
+
+    bench = shared_bench()
+    targets = tmp_path / "targets"  # the target domain only, as data/sites holds no `flat`
+    shutil.copytree(bench.data / TARGET, targets / TARGET)
+    assert not (targets / SOURCE).exists()
+    monkeypatch.setattr(federated, "ensure_data", lambda d, profile="default": d)
+    work = tmp_path / "work"
+    federated.main(["--profile", "sites", "--data", str(bench.data), "--sites-data", str(targets), "--backbone", "tiny",
+                    "--pairs", f"{SOURCE}:{TARGET}", "--seeds", "0", "--runs", "direct", "fed_grouped_record_eps8",
+                    "--teacher", str(bench.teacher), "--cache", str(bench.cache), "--work", str(work), "--sites", "3",
+                    "--rounds", "2", "--cpus", "1", "--set", "anchors=64", "--set", "prototypes=4", "--set",
+                    "batch-size=8", "--set", "local-steps=3", "--set", "sample-rate=0.5", "--set", "group-size=3"])
+    part = json.loads((parts_here / "parts" / f"sites_{SOURCE}_{TARGET}_s0.json").read_text())
+    assert (part["profile"], part["pair"], part["seed"], part["split"]) == ("sites", f"{SOURCE}->{TARGET}", 0, "test")
+    run = work / f"sites_{SOURCE}_{TARGET}_s0" / "fed_grouped_record_eps8"
+    ledger, metrics = read_json(run / "ledger.json"), read_json(run / "metrics.json")
+    row = part["rows"]["fed_grouped_record_eps8"]
+    assert metrics["config"]["mode"] == "grouped" and metrics["config"]["privacy"] == "record"
+    assert metrics["config"]["data-dir"] == str(targets) and metrics["source"]["domain"] == SOURCE
+    assert row["epsilon"] == round(max(ledger["final_epsilon"].values()), 3) and 0 < row["epsilon"] <= 8
+    assert (row["epsilon_unit"], row["delta"], row["accountant"], row["within_budget"]) == ("record", 1e-5, "rdp", True)
+    assert row["bytes_per_site_round"] == metrics["model_bytes"]["update_bytes"] > 0
+    assert row["settings"] == {"sites": 3, "rounds": 2, "set": ["anchors=64", "prototypes=4", "batch-size=8",
+                                                                 "local-steps=3", "sample-rate=0.5", "group-size=3"]}
+    test = domain_features(build_backbone("tiny"), targets, TARGET, "test", cache_dir=bench.cache)
+    again = evaluate_heads(load_checkpoint(run / "model").heads, test)
+    assert (row["R1"], row["mAP"]) == (pytest.approx(again["R1"]), pytest.approx(again["mAP"]))
+    assert part["rows"]["direct"]["R1"] == pytest.approx(evaluate_heads(load_checkpoint(bench.teacher).heads, test)["R1"])
+    train = domain_features(build_backbone("tiny"), targets, TARGET, "train", cache_dir=bench.cache)
+    assert part["dp_step"]["ratio"] > 0 and part["dp_step"]["records"] == len(train.image_feats) // 3  # a site's share

@@ -55,6 +55,33 @@ def test_federated_bytes_line_matches_the_json():
     assert f"{data['bytes_per_site_round']:,} B of trained numbers ({frac:.2f}% of the full model's" in README
 
 
+def test_federated_rows_match_the_json_by_a_second_reading():
+    """Independent of the renderer: the README's federated rows are the headline profile's (sites once run, else
+    default), each pair's R1 (and std), mAP and share, and each epsilon names its unit."""
+    data = json.loads((ROOT / "benchmarks/results/federated.json").read_text())
+    profile = "sites" if "sites" in data["runs"] else "default"
+    pairs = data["runs"][profile]
+    block = re.search(r"<!-- table:federated -->(.*?)<!-- /table:federated -->", README, re.S).group(1)
+    assert f"**{profile}** profile" in block
+    rows = {m.group(1): m.group(2).split(" | ") for m in re.finditer(r"^\| (\w+) \| (.*) \|$", block, re.M) if m.group(1) != "row"}
+    assert set(rows) == {r for p in pairs.values() for r in p}
+    for name, cells in rows.items():
+        for i, (pair, runs) in enumerate(pairs.items()):
+            r1, mAP, share = cells[3 * i: 3 * i + 3]
+            if name not in runs:
+                assert (r1, mAP, share) == ("–", "–", "–")
+                continue
+            m = runs[name]
+            assert [float(x) for x in re.findall(r"-?\d+\.\d", r1)] == pytest.approx(
+                [m["R1"]] + ([m["R1_std"]] if "R1_std" in m else []), abs=0.051), name
+            assert float(mAP.split(" ")[0]) == pytest.approx(m["mAP"], abs=0.051), name
+            got = data["share_of_central_gain"][profile][pair].get(name)
+            assert share == ("–" if got is None else f"{got:.0%}"), name
+        m = next(p[name] for p in pairs.values() if name in p)
+        eps = cells[-1]
+        assert eps == "–" if m["epsilon"] is None else eps.startswith(f"{m['epsilon']:g} ({m['epsilon_unit']}-level"), name
+
+
 def test_no_hand_written_result_figures_in_the_readme():
     """Results figures live in rendered blocks only, so a rerun of the benchmarks cannot leave one stale."""
     text = prose(README)
