@@ -135,8 +135,9 @@ def federated(where: str = "README.md") -> str:
                 f"mean ± std of {d['repeats_of_record_level_runs']} runs with fresh DP noise).")
     else:
         seeds = sorted({s for rows in pairs.values() for m in rows.values() for s in m["seeds"]})
-        head = (f"**{profile}** profile, ten sites (Dirichlet partition); R1 and mAP on the target test split, mean ± "
-                f"std over seeds {', '.join(map(str, seeds))}.")
+        n = sorted({m["settings"]["sites"] for rows in pairs.values() for m in rows.values() if "settings" in m})
+        head = (f"**{profile}** profile, {'/'.join(map(str, n)) or '?'} sites (Dirichlet partition); R1 and mAP on the "
+                f"target test split, mean ± std over seeds {', '.join(map(str, seeds))}.")
     eps_head = "epsilon per site" + (f" (delta {next(iter(claims))[0]:g}, {next(iter(claims))[1].upper()})" if one else "")
     lines = [head + " Share: of `central_full`'s R1 gain over `direct`.", "",
              "| row | " + " | ".join(f"{p.replace('->', '→')} R1 | mAP | share" for p in pairs) + f" | {eps_head} |",
@@ -159,11 +160,9 @@ def federated(where: str = "README.md") -> str:
     more = [f"![test R1 against epsilon]({rel('federated.svg')})"] if (RESULTS / "federated.svg").exists() else []
     if len(d["runs"]) > 1:
         more.append(f"Every profile and row: [federated.md]({rel('federated.md')}).")
-    if more:
-        lines += ["", " ".join(more)]
     cmds = d.get("commands", [])
     cmd = f"`{cmds[0]}`" if len(cmds) == 1 else f"{len(cmds)} runs of `benchmarks/federated.py`, then `--merge`"
-    lines += ["", f"Command: {cmd}; {machine(d)}" + (f", {d['seconds']} s." if "seconds" in d else ".")]
+    lines += ["", " ".join(more + [f"Command: {cmd}; {machine(d)}" + (f", {d['seconds']} s." if "seconds" in d else ".")])]
     return "\n".join(lines) + "\n"
 
 

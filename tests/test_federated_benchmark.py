@@ -186,3 +186,38 @@ def test_one_tiny_part_end_to_end_with_the_source_in_another_folder(parts_here, 
     assert part["rows"]["direct"]["R1"] == pytest.approx(evaluate_heads(load_checkpoint(bench.teacher).heads, test)["R1"])
     train = domain_features(build_backbone("tiny"), targets, TARGET, "train", cache_dir=bench.cache)
     assert part["dp_step"]["ratio"] > 0 and part["dp_step"]["records"] == len(train.image_feats) // 3  # a site's share
+
+
+def test_the_readme_block_of_a_merged_v2_result(tmp_path, monkeypatch):
+    """A merged result of both profiles and pairs: the block shows the sites profile, a column group per pair, and
+    links the plot and federated.md relative to the file it sits in."""
+    import readme_tables
+
+    results = tmp_path / "benchmarks" / "results"
+    parts = tmp_path / "parts"
+    parts.mkdir(parents=True)
+    results.mkdir(parents=True)
+    for profile, base in (("sites", 0.0), ("default", 100.0)):
+        for tgt, off in (("outline", 0.0), ("shaded", 1.0)):
+            for seed in (0, 1):
+                _write(parts, f"{profile}_{tgt}_{seed}", profile=profile, pair=f"flat->{tgt}", seed=seed,
+                       dp_step={"ratio": 1.1},
+                       rows={"direct": _row(base + off + 10.0 + seed, 5.0), "central_full": _row(base + off + 60.0, 40.0),
+                             "fed_grouped_record_eps8": _row(base + off + 30.0 + 2 * seed, 20.0, 7.5 + seed / 10,
+                                                             bytes_per_site_round=2000, full_model_bytes=200_000,
+                                                             settings={"sites": 10, "rounds": 10, "set": []})})
+    payload = federated_merge.merge(federated_merge.load_parts(parts)) | {"machine": {}}
+    (results / "federated.json").write_text(json.dumps(payload))
+    (results / "federated.svg").write_text(federated_merge.plot(payload["runs"]))
+    monkeypatch.setattr(readme_tables, "ROOT", tmp_path)
+    monkeypatch.setattr(readme_tables, "RESULTS", results)
+    block = readme_tables.federated("README.md")
+    assert block.startswith("**sites** profile, 10 sites") and "seeds 0, 1" in block
+    assert "| row | flat→outline R1 | mAP | share | flat→shaded R1 | mAP | share | epsilon per site (delta 1e-05, RDP) |" in block
+    # sites, outline: direct 10.5, central 60, fed 31 -> share 20.5 / 49.5; shaded: everything one point higher
+    assert f"| fed_grouped_record_eps8 | 31.0 ± 1.4 | 20.0 ± 0.0 | {20.5 / 49.5:.0%} | 32.0 ± 1.4 | 20.0 ± 0.0 | " \
+           f"{20.5 / 49.5:.0%} | 7.6 (record-level) |" in block
+    assert "2,000 B of trained numbers (1.00% of the full model's 200,000 B" in block
+    assert "![test R1 against epsilon](benchmarks/results/federated.svg)" in block
+    assert "[federated.md](../benchmarks/results/federated.md)" in readme_tables.federated("docs/results.md")
+    assert "131.0" not in block  # the default profile's rows are in federated.md, not here
