@@ -75,8 +75,24 @@ def propagate_groups(img: torch.Tensor, mi: torch.Tensor, txt: torch.Tensor, mt:
         pub_sum[real] = (wp[..., None] * pub[idx]).sum(1)
         pub_deg[real] = wp.sum(1)
     deg = w.sum(2) + pub_deg
-    x = x0
-    for _ in range(cfg.steps):
-        x = (1 - cfg.alpha) * (w @ x + pub_sum) / deg[..., None] + cfg.alpha * x0
-    x = F.normalize(x, dim=-1) * mask[..., None]
+    x = _appnp(w, x0, pub_sum, deg, mask, cfg)
     return x[:, :ri], x[:, ri:]
+
+
+def _appnp(w: torch.Tensor, x0: torch.Tensor, pub_sum: torch.Tensor, deg: torch.Tensor, mask: torch.Tensor,
+           cfg: GMPConfig) -> torch.Tensor:
+    """APPNP ``x <- (1 - alpha) (W x + pub_sum) / deg + alpha x0`` on the real nodes, unit-norm; padded nodes come
+    back as zeros. The groups' adjacencies form one block-diagonal sparse matrix over the real nodes (a padded node
+    has only its self loop and no edge to a real one), so padding and the absent edges cost nothing."""
+    real = mask.nonzero(as_tuple=True)
+    pos = torch.full(mask.shape, -1, dtype=torch.long)
+    pos[real] = torch.arange(len(real[0]))
+    g, i, j = (w * (mask[:, :, None] & mask[:, None, :])).nonzero(as_tuple=True)  # row-major: sorted, distinct
+    m = len(real[0])
+    adj = torch.sparse_coo_tensor(torch.stack([pos[g, i], pos[g, j]]), w[g, i, j], (m, m), check_invariants=True)
+    adj = adj.coalesce()
+    x0r, pub_r, deg_r = x0[real], pub_sum[real], deg[real][:, None]
+    x = x0r
+    for _ in range(cfg.steps):
+        x = (1 - cfg.alpha) * (torch.sparse.mm(adj, x) + pub_r) / deg_r + cfg.alpha * x0r
+    return x0.new_zeros(x0.shape).index_put(real, F.normalize(x, dim=-1))
