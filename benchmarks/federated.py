@@ -17,8 +17,10 @@ settings: the test split is then not read, and val parts are never merged). Prof
 
 The teacher is pretrained per seed as `run_pair` does (its checkpoint saved under `--work`), unless `--teacher` names
 one checkpoint for every seed. `--set KEY=VALUE` passes run-config keys to every simulate call (recorded with the
-row). A part of a (profile, pair, seed) written later replaces the rows it holds. `--merge` reads every test part and
-writes `benchmarks/results/federated.json` (``{"runs": {PROFILE: {PAIR: {ROW: {"R1", "mAP", "epsilon", ...}}}},
+row). `--central-from DIR` takes `central_full` and `central_grouped_dp_eps8` from grouped_dp.py's parts where it ran
+them with the same teacher (its `direct` row must equal ours), instead of running them again. A part of a (profile,
+pair, seed) written later replaces the rows it holds. `--merge` reads every test part and writes
+`benchmarks/results/federated.json` (``{"runs": {PROFILE: {PAIR: {ROW: {"R1", "mAP", "epsilon", ...}}}},
 "bytes_per_site_round", "full_model_bytes", "dp_step_ratio"}``; `benchmarks/federated_merge.py`), its table and
 `federated.svg` (R1 against epsilon, central DP and federated on one figure).
 """
@@ -36,7 +38,7 @@ from pathlib import Path
 import torch
 from bench_utils import RESULTS, command_line, ensure_data, features, machine, write
 from federated_merge import load_parts, markdown, merge, plot
-from federated_rows import CENTRAL_ROWS, DELTA, FED_ROWS, ROWS, central_privacy, read_run, simulate_command
+from federated_rows import CENTRAL_ROWS, DELTA, FED_ROWS, ROWS, central_privacy, read_run, reuse_central, simulate_command
 
 from common.atomic import atomic_write_bytes, atomic_write_json, read_json
 from common.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, source_meta
@@ -118,7 +120,15 @@ def run_part(args) -> list[Path]:
             teacher_dir = teacher_for(args, bb, data, src, seed, s_train, s_val)
             teacher = load_checkpoint(teacher_dir).heads
             bank = PublicBank.from_source(s_train, 2048, seed=seed)
-            rows = central_rows(teacher, t_train, t_eval, bank, seed, only)
+            need_direct = "direct" in only or args.central_from is not None
+            rows = central_rows(teacher, t_train, t_eval, bank, seed, {"direct"}) if need_direct else {}
+            if args.central_from:  # grouped_dp.py's rows of this teacher, where it ran them
+                rows |= reuse_central(args.central_from, args.profile, tgt, seed, args.split, rows["direct"], only)
+            rest = (only & set(CENTRAL_ROWS)) - set(rows) - {"direct"}
+            if rest:
+                rows |= central_rows(teacher, t_train, t_eval, bank, seed, rest)
+            if "direct" not in only:
+                rows.pop("direct", None)
             fed = [r for r in FED_ROWS if r in only]
             with ThreadPoolExecutor(args.jobs) as pool:
                 done = list(pool.map(lambda r: fed_row(args, r, target_data, teacher_dir, tgt, seed, t_eval, stem), fed))
@@ -166,6 +176,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a run-config key for every simulate call")
     ap.add_argument("--teacher", type=Path, default=None, help="one teacher checkpoint for every seed (default: pretrain per seed)")
     ap.add_argument("--work", type=Path, default=Path("runs/federated"), help="teachers and run folders")
+    ap.add_argument("--central-from", type=Path, default=None, metavar="DIR",
+                    help="take central_full / central_grouped_dp_eps8 from grouped_dp.py's parts in DIR (e.g. "
+                         "benchmarks/results/grouped_dp_parts) where it ran them with this teacher; run the rest")
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--cpus", type=int, default=None, help="simulate --cpus")
     ap.add_argument("--jobs", type=int, default=1, help="federations run side by side (one torch thread each)")

@@ -99,3 +99,30 @@ def central_privacy(led) -> dict:
     eps = led.epsilon()
     return {"epsilon": round(eps, 3), "epsilon_unit": led.unit, "delta": led.delta, "accountant": led.accountant,
             "epsilon_budget": led.budget, "within_budget": eps <= led.budget + 1e-9}
+
+
+GROUPED_DP_ROWS = {"central_full": "gckd_full", "central_grouped_dp_eps8": "gckd_grouped_dp_eps8"}  # same calls, same seed
+
+
+def reuse_central(folder: Path, profile: str, target: str, seed: int, split: str, direct: dict, only: set[str]) -> dict:
+    """The central rows of ``only`` that benchmarks/grouped_dp.py already ran for this profile, target, seed and split
+    (its part in ``folder``), renamed; taken only if that part's ``direct`` row equals ours (the same teacher), else a
+    ValueError naming the file. Rows the part lacks are left out (the caller runs them)."""
+    path = folder / (f"{profile}_{target}_s{seed}" + ("" if split == "test" else f"_{split}") + ".json")
+    if not path.exists():
+        return {}
+    part = read_json(path)
+    theirs = part["rows"].get("direct")
+    if part.get("split") != split or theirs is None or \
+            (abs(theirs["R1"] - direct["R1"]) > 1e-6 or abs(theirs["mAP"] - direct["mAP"]) > 1e-6):
+        raise ValueError(f"{path}: its direct row ({theirs}) is not this teacher's ({direct}) on the {split} split; "
+                         "its central rows belong to another teacher, so they are not reused")
+    out = {}
+    for row, name in GROUPED_DP_ROWS.items():
+        if row in only and name in part["rows"]:
+            m = part["rows"][name]
+            out[row] = {"R1": m["R1"], "mAP": m["mAP"], "from": f"{path.name}:{name}"}
+            if "epsilon" in m:  # grouped_dp's claim: record-level, delta 1e-5, RDP (ablation.DELTA, the default accountant)
+                out[row] |= {"epsilon": round(m["epsilon"], 3), "epsilon_unit": "record", "delta": DELTA,
+                             "accountant": "rdp", "epsilon_budget": 8.0, "within_budget": m["epsilon"] <= 8.0 + 1e-9}
+    return out

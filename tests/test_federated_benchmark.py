@@ -122,16 +122,17 @@ def parts_here(tmp_path, monkeypatch):
 
 
 def test_a_later_part_replaces_the_rows_it_holds_and_keeps_the_others(parts_here, monkeypatch):
-    results = iter([{"direct": _row(10.0, 8.0), "central_full": _row(60.0, 50.0)}, {"central_full": _row(70.0, 55.0)}])
+    values = {"direct": _row(10.0, 8.0), "central_full": _row(60.0, 50.0)}
     monkeypatch.setattr(federated, "ensure_data", lambda d, profile="default": d)
     monkeypatch.setattr(federated, "build_backbone", lambda name: None)
     monkeypatch.setattr(federated, "features", lambda *a, **k: None)
     monkeypatch.setattr(federated, "teacher_for", lambda *a: Path("teacher"))
     monkeypatch.setattr(federated, "load_checkpoint", lambda p: type("C", (), {"heads": None}))
     monkeypatch.setattr(federated.PublicBank, "from_source", lambda *a, **k: None)
-    monkeypatch.setattr(federated, "central_rows", lambda *a: next(results))
+    monkeypatch.setattr(federated, "central_rows", lambda *a: {r: values[r] for r in a[-1]})
     args = ["--profile", "default", "--pairs", "flat:outline", "--seeds", "0", "--runs", "direct", "central_full"]
     federated.main(args)
+    values = {"direct": _row(99.0, 99.0), "central_full": _row(70.0, 55.0)}  # a rerun of central_full only
     federated.main(args[:-2] + ["central_full"])
     part = json.loads((parts_here / "parts" / "default_flat_outline_s0.json").read_text())
     assert part["rows"] == {"direct": _row(10.0, 8.0), "central_full": _row(70.0, 55.0)}
@@ -221,3 +222,35 @@ def test_the_readme_block_of_a_merged_v2_result(tmp_path, monkeypatch):
     assert "![test R1 against epsilon](benchmarks/results/federated.svg)" in block
     assert "[federated.md](../benchmarks/results/federated.md)" in readme_tables.federated("docs/results.md")
     assert "131.0" not in block  # the default profile's rows are in federated.md, not here
+
+
+def test_central_rows_are_reused_from_grouped_dp_only_for_the_same_teacher(parts_here, monkeypatch, tmp_path):
+    gdp = tmp_path / "gdp"
+    gdp.mkdir()
+    (gdp / "sites_outline_s0.json").write_text(json.dumps({"split": "test", "rows": {
+        "direct": {"R1": 10.0, "mAP": 8.0}, "gckd_full": {"R1": 60.0, "mAP": 50.0},
+        "gckd_grouped_dp_eps8": {"R1": 30.0, "mAP": 25.0, "epsilon": 7.96}}}))
+    ran = []
+
+    def central(teacher, t_train, t_eval, bank, seed, only):
+        ran.append(set(only))
+        return {r: _row(10.0, 8.0) if r == "direct" else _row(1.0, 1.0) for r in only}
+
+    for name, value in (("ensure_data", lambda d, profile="default": d), ("build_backbone", lambda name: None),
+                        ("features", lambda *a, **k: None), ("teacher_for", lambda *a: Path("teacher")),
+                        ("load_checkpoint", lambda p: type("C", (), {"heads": None})), ("central_rows", central)):
+        monkeypatch.setattr(federated, name, value)
+    monkeypatch.setattr(federated.PublicBank, "from_source", lambda *a, **k: None)
+    args = ["--profile", "sites", "--pairs", "flat:outline", "--seeds", "0", "--central-from", str(gdp),
+            "--runs", "central_full", "central_grouped_dp_eps8"]
+    federated.main(args)
+    rows = json.loads((parts_here / "parts" / "sites_flat_outline_s0.json").read_text())["rows"]
+    assert ran == [{"direct"}]  # direct to compare teachers; nothing else ran here
+    assert rows["central_full"] == {"R1": 60.0, "mAP": 50.0, "from": "sites_outline_s0.json:gckd_full"}
+    g = rows["central_grouped_dp_eps8"]
+    assert (g["R1"], g["epsilon"], g["epsilon_unit"], g["delta"], g["accountant"]) == (30.0, 7.96, "record", 1e-5, "rdp")
+    assert "direct" not in rows  # not asked for
+    (gdp / "sites_outline_s0.json").write_text(json.dumps({"split": "test", "rows": {
+        "direct": {"R1": 11.0, "mAP": 8.0}, "gckd_full": {"R1": 60.0, "mAP": 50.0}}}))
+    with pytest.raises(ValueError, match="not this teacher's"):
+        federated.main(args)
