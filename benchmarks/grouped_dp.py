@@ -121,10 +121,10 @@ def plot(runs: dict) -> str:
             if "gckd_per_record_dp_eps8" in rows and rows["gckd_per_record_dp_eps8"]["epsilon"]:
                 m = rows["gckd_per_record_dp_eps8"]
                 ax.plot([m["epsilon"]], [m["R1"]], "x", color=colour, label=f"{pair} per-record DP")
-            for row, style in (("gckd_full", "--"), ("direct", ":")):
+            for row, style in (("gckd_full", "--"), ("pair_finetune", "-."), ("direct", ":")):
                 if row in rows:
                     ax.axhline(rows[row]["R1"], ls=style, color=colour, lw=0.8)
-        ax.set_title(f"{profile} profile (dashed: full GCKD, dotted: direct)", fontsize=8)
+        ax.set_title(f"{profile} profile (dashed: full GCKD, dash-dot: pair fine-tuning, dotted: direct)", fontsize=7)
         ax.set_xlabel("record-level epsilon (delta 1e-5, RDP)")
         ax.set_ylabel("test R1")
         if ax.get_legend_handles_labels()[0]:

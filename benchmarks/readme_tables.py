@@ -28,7 +28,8 @@ BLOCK = re.compile(r"(<!-- table:([\w-]+) -->\n)(.*?)(<!-- /table:\2 -->)", re.S
 HEADLINE = ("direct", "pair_finetune", "pair_finetune_ema", "gckd_full", "gckd_per_record", "oracle")
 # row order (the JSON's keys are sorted alphabetically): baselines, then GCKD, then ceilings; names not listed follow
 ORDER = ("direct", "teacher", "pair_finetune", "pair_finetune_ema", "cmkd_only", "gmp_only", "gckd_full", "central",
-         "central_full", "central_grouped_dp_eps8", "gckd_per_record", "central_per_record", "gckd_per_record_exact_stats",
+         "central_full", "central_grouped_dp_eps8", "gckd_grouped_nonoise", "gckd_grouped_dp_eps1", "gckd_grouped_dp_eps4",
+         "gckd_grouped_dp_eps8", "gckd_per_record_dp_eps8", "gckd_per_record", "central_per_record", "gckd_per_record_exact_stats",
          "oracle", "oracle_scratch", "fed_none", "fed_full_none", "fed_grouped_none", "fed_grouped_record_eps1",
          "fed_grouped_record_eps4", "fed_grouped_record_eps8", "fed_per_record_record_eps1", "fed_per_record_record_eps4",
          "fed_per_record_record_eps8", "fed_full_site_eps8", "fed_site_eps8", "fed_record_eps1", "fed_record_eps4",
@@ -251,9 +252,39 @@ def site_size() -> str:
     return "\n".join(lines) + "\n"
 
 
+def grouped_dp() -> str:
+    """One column per (profile, pair), test R1 (mean over the seeds; fewer than three are marked), one epsilon column."""
+    d = load("grouped_dp")
+    if d is None:
+        return not_run("python benchmarks/grouped_dp.py --merge")
+    cols = [(prof, pair) for prof, pairs in d["runs"].items() for pair in pairs]
+    names = ordered({r for prof, pair in cols for r in d["runs"][prof][pair]})
+    head = " | ".join(f"{prof} {pair.replace('->', '→')}" for prof, pair in cols)
+    lines = [f"Test R1, mean over seeds (fewer than 3: the count in brackets); epsilon record-level, delta "
+             f"{d['delta']:g}, {d['accountant'].upper()}, the whole adaptation accounted; rows without one claim none. "
+             f"`default`: 1,800 target records, `sites`: 18,000, at one site.", "",
+             f"| row | {head} | epsilon |", "|---|" + "---|" * len(cols) + "---|"]
+    for name in names:
+        cells, eps = [], []
+        for prof, pair in cols:
+            m = d["runs"][prof][pair].get(name)
+            if m is None:
+                cells.append("–")
+                continue
+            n = len(m["seeds"])
+            cells.append(f"{m['R1']:.1f}" + (f" ({n})" if n < 3 else ""))
+            if m.get("epsilon") is not None:
+                eps.append(m["epsilon"])
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {max(eps):.2f} |" if eps else f"| {name} | " + " | ".join(cells) + " | – |")
+    lines += ["", "Commands: one `python benchmarks/grouped_dp.py --profile P --pairs ... --seeds ... --runs ...` per part, "
+              f"then `--merge` ([grouped_dp.md](benchmarks/results/grouped_dp.md) lists every command; plot: "
+              f"[grouped_dp.svg](benchmarks/results/grouped_dp.svg)); {machine(d)}."]
+    return "\n".join(lines) + "\n"
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "direct": direct, "ablation-headline": ablation_headline, "ablation": ablation, "federated": federated,
-    "scale": scale, "per-record-limits": per_record_limits, "dp-emulation": dp_emulation, "site-size": site_size,
+    "scale": scale, "grouped-dp": grouped_dp, "per-record-limits": per_record_limits, "dp-emulation": dp_emulation, "site-size": site_size,
 }
 
 
