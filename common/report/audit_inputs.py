@@ -6,22 +6,28 @@
   partitioner and seed), identity labels removed;
 - the public anchors: the run's anchor bank (a seeded subset of the source
   train split) embedded by the teacher, as the server broadcasts them;
+- the public bank itself (source trunk features): with ``train-params=lowrank:R``
+  each round's adapter bases are computed from it, as the server computes them;
 - the mechanism: the noise multiplier of each round, from a run's ledger
-  (the site's ``dp-sgd`` entries) or given.
+  (the site's ``dp-sgd`` entries, ``dp-sgd-grouped`` for a grouped run) or given.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from common.federation.config import FedConfig
 from common.federation.site_data import partition_featureset
-from common.federation.trainable import trainable_for_mode
+from common.federation.trainable import broadcast_names
 from common.models.feature_cache import FeatureSet
 from common.models.heads import DualHeads
+
+if TYPE_CHECKING:
+    from common.train.site_context import PublicBank
 
 
 @dataclass
@@ -30,8 +36,10 @@ class AuditInputs:
     site: FeatureSet  # without labels
     anchor_images: torch.Tensor
     anchor_texts: torch.Tensor
-    names: list[str]  # trainable parameter names (the run's train-params)
+    names: list[str]  # the student the server holds (`broadcast_names`): what trains, or with lowrank:R every
+    # head parameter (the adapters are attached per round, from `bank`)
     source: dict  # provenance: data, target, teacher, site
+    bank: PublicBank | None = None  # the public anchor bank's trunk features (lowrank:R bases come from it)
 
 
 def load_inputs(cfg: FedConfig, site_index: int = 0) -> AuditInputs:
@@ -59,11 +67,13 @@ def load_inputs(cfg: FedConfig, site_index: int = 0) -> AuditInputs:
     else:
         site = target
     teacher = ckpt.heads.eval()
-    a_img, a_txt = PublicBank.from_source(src, cfg.anchors, seed=cfg.seed).embed(teacher)
+    bank = PublicBank.from_source(src, cfg.anchors, seed=cfg.seed)
+    a_img, a_txt = bank.embed(teacher)
     info = {"data": cfg.data_dir, "target": cfg.target, "teacher": cfg.teacher, "source": source,
             "backbone": bb.name, "site": f"site-{site_index}" if cfg.sites > 1 else "whole target train split",
             "partition": cfg.partition if cfg.sites > 1 else None}
-    return AuditInputs(teacher, site.without_labels(), a_img, a_txt, trainable_for_mode(teacher, cfg.train_params, cfg.loss_mode), info)
+    names = broadcast_names(teacher, cfg.train_params, cfg.loss_mode)
+    return AuditInputs(teacher, site.without_labels(), a_img, a_txt, names, info, bank)
 
 
 def run_prototype_noise(ledger: dict, site: str) -> float | None:
@@ -75,11 +85,12 @@ def run_prototype_noise(ledger: dict, site: str) -> float | None:
     return noise.pop() if noise else None
 
 
-def run_mechanism(ledger: dict, site: str) -> tuple[list[float], float, int, float]:
-    """(noise multiplier per round, sample rate, steps per round, clip norm) of a site's DP-SGD in a run."""
-    entries = [e for e in (ledger.get("sites") or {}).get(site, []) if e["mechanism"] == "dp-sgd" and e["steps"] > 0]
+def run_mechanism(ledger: dict, site: str, mechanism: str = "dp-sgd") -> tuple[list[float], float, int, float]:
+    """(noise multiplier per round, sample rate, steps per round, clip norm) of a site's DP-SGD in a run
+    (``mechanism``: ``dp-sgd`` for a per-record run, ``dp-sgd-grouped`` for a grouped one)."""
+    entries = [e for e in (ledger.get("sites") or {}).get(site, []) if e["mechanism"] == mechanism and e["steps"] > 0]
     if not entries:
-        raise ValueError(f"the run's ledger has no DP-SGD entry for {site}: nothing record-level to audit")
+        raise ValueError(f"the run's ledger has no {mechanism} entry for {site}: nothing record-level to audit")
     rates = {e["sample_rate"] for e in entries}
     steps = {e["steps"] for e in entries}
     clips = {e["clip_norm"] for e in entries}

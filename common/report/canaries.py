@@ -17,6 +17,12 @@ and from the mechanism's output (the trained student), never from the coins:
   share (any training moves them) rather than what one canary leaves. The
   gradient is taken with the public anchors as the only public candidates
   (the site's DP prototypes are not part of the model the auditor sees).
+  With ``train-params=lowrank:R`` the site's reply is the adapters' B's (the
+  server folds ``W += B A`` with public bases ``A``): the score is taken in
+  that space (`low_rank_views`): each canary's gradient with respect to B at
+  the starting student carrying the first round's adapters, projected on the
+  update ``(W_start - W_end) A^T`` (exactly ``-B`` after one round; later
+  rounds' updates counted through their projection on the first round's ``A``).
 - ``"pair"`` (black-box): the increase, from the starting student to the
   trained one, of the canary's image-caption cosine similarity minus its mean
   similarity to the other canaries' captions (what all canaries gain alike
@@ -32,9 +38,10 @@ import torch
 import torch.nn.functional as F
 
 from common.federation.payload import FixedAnchors
-from common.federation.trainable import set_trainable
+from common.federation.trainable import set_trainable, trainable_names
 from common.models.feature_cache import FeatureSet
 from common.models.heads import DualHeads
+from common.models.low_rank import attach_low_rank
 from common.train.adapt import AdaptConfig, refine
 from common.train.record_pack import PackedStudent, RecordLoss, RecordPack, pack_texts, teacher_targets
 from common.train.site_context import build_site_context
@@ -129,3 +136,32 @@ def update_scores(start: DualHeads, end: DualHeads, teacher: DualHeads, canaries
         shared = v[:drop]
         return grads @ descent - (grads @ shared.t()) @ (shared @ descent)
     return grads @ descent
+
+
+@torch.no_grad()
+def low_rank_views(start: DualHeads, end: DualHeads, bases: dict[str, torch.Tensor],
+                   spec: str) -> tuple[DualHeads, DualHeads, list[str]]:
+    """(start, end, names) in the adapters' space, for `update_scores` under ``lowrank:R``.
+
+    ``start`` and ``end`` are plain heads; both views carry adapters on ``bases`` (the first round's) over
+    ``start``'s weights. The start view has B = 0 and ``start``'s biases; the end view has B = ``(W_end - W_start)
+    A^T`` per Linear and ``end``'s biases, so start minus end over ``names`` (the B's, + biases) is the update
+    as the site's replies carry it (exact after one round: A's rows are orthonormal).
+    """
+    start_view = attach_low_rank(copy.deepcopy(start), dict(bases))
+    end_view = attach_low_rank(copy.deepcopy(start), dict(bases))
+    plain_start, plain_end = dict(start.named_parameters()), dict(end.named_parameters())
+    for path, a in bases.items():
+        delta = plain_end[f"{path}.weight"] - plain_start[f"{path}.weight"]
+        dict(end_view.named_parameters())[f"{path}.B.weight"].copy_(delta @ a.to(delta.dtype).t())
+    view_params = dict(end_view.named_parameters())
+    for name, p in plain_end.items():
+        if name.endswith(".bias"):
+            view_params[_view_name(name, bases)].copy_(p)
+    return start_view, end_view, trainable_names(start_view, spec)
+
+
+def _view_name(plain: str, bases: dict) -> str:
+    """A plain parameter's name once its Linear carries an adapter (``X.bias`` -> ``X.base.bias``)."""
+    module = plain.rsplit(".", 1)[0]
+    return plain.replace(module + ".", module + ".base.", 1) if module in bases else plain

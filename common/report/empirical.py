@@ -8,8 +8,10 @@ Procedure (Steinke, Nasr & Jagielski 2023; the bound is in `one_run`):
    ``privacy=record`` (DP k-means prototypes over the site's records, GMP
    targets, per-record CMKD, Opacus DP-SGD with Poisson sampling; or, with
    ``mode=grouped``, the group-clipped path, where canaries enter groups like
-   any other record), for the
-   given rounds, starting from the teacher's heads as a first federated round
+   any other record; with ``train-params=lowrank:R`` each round attaches
+   rank-R adapters on bases the server would compute from the public bank,
+   trains their B's and folds ``W += B A``, as a one-site federation does),
+   for the given rounds, starting from the teacher's heads as a first federated round
    does. "Without DP" is the same path with noise multiplier 0;
 3. score every canary (`canaries`: by default the white-box update score,
    which the server could compute from the site's update; or a black-box
@@ -38,14 +40,16 @@ from typing import Sequence
 
 import torch
 
+from common.federation import adapters as wire
 from common.federation.config import FedConfig
 from common.federation.local_round import adapt_config, run_local_round
 from common.models.feature_cache import FeatureSet
 from common.models.heads import DualHeads
+from common.models.low_rank import merge_low_rank, trained_numbers
 from common.privacy.accounting import AccountingError, compute_epsilon, merge_history
 from common.privacy.ledger import NEIGHBOURING
 from common.report import one_run
-from common.report.canaries import SCORES, make_canaries, pair_scores, update_scores, with_records
+from common.report.canaries import SCORES, low_rank_views, make_canaries, pair_scores, update_scores, with_records
 
 METHOD = "one-run canary audit (Steinke, Nasr & Jagielski, NeurIPS 2023, arXiv:2305.08846)"
 STATEMENT = ("If training is (eps, delta)-DP then P[W >= v] <= f(v) + 2 m delta max_{1<=i<=v} (f(v-i) - f(v)) / i, "
@@ -58,6 +62,8 @@ SCORE_TEXT = {
               "update (start - end), after removing the canaries' top shared gradient directions",
     "pair": "black-box: gain of the canary's image-caption cosine similarity relative to the other canaries' captions",
 }
+LOW_RANK_SCORE = ("; lowrank:R: in the adapters' space (gradients with respect to the first round's B's, the update "
+                  "(W_start - W_end) A^T, i.e. -B after one round)")
 
 
 @dataclass
@@ -110,8 +116,11 @@ class EmpiricalAudit:
 
 def run_canary_audit(teacher: DualHeads, site: FeatureSet, anchor_images: torch.Tensor, anchor_texts: torch.Tensor,
                      names: list[str], fed: FedConfig, noise_per_round: Sequence[float],
-                     audit: CanaryAuditConfig | None = None) -> EmpiricalAudit:
-    """Audit one site's record-level training (one `run_local_round` per entry of ``noise_per_round``)."""
+                     audit: CanaryAuditConfig | None = None, bank=None) -> EmpiricalAudit:
+    """Audit one site's record-level training (one `run_local_round` per entry of ``noise_per_round``).
+
+    ``names``: the student the server holds (`broadcast_names`). With ``train-params=lowrank:R``, ``bank`` (the
+    public `PublicBank`) is required: each round's adapter bases are computed from it as the server does."""
     audit = audit or CanaryAuditConfig()
     if audit.score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {audit.score!r}")
@@ -126,18 +135,34 @@ def run_canary_audit(teacher: DualHeads, site: FeatureSet, anchor_images: torch.
     coins = [coin.random() < 0.5 for _ in range(audit.canaries)]
     inside = torch.tensor([i for i, c in enumerate(coins) if c], dtype=torch.long)
     train_set = with_records(site, canaries.select_images(inside))
+    rank = wire.rank_of(fed.train_params)
+    if rank is not None and bank is None:
+        raise ValueError(f"train-params={fed.train_params!r}: the audit needs the public bank to compute the bases")
     start = copy.deepcopy(teacher)  # what a first federated round starts from (public)
     student = copy.deepcopy(start)
-    spends = []
+    spends, first_bases, trained = [], None, 0
     for r, sigma in enumerate(noise_per_round):
-        res = run_local_round(student, teacher, anchor_images, anchor_texts, train_set, names, fed, float(sigma),
+        work, round_names = student, names
+        if rank is not None:  # the server's bases for this round's broadcast student, attached as a site attaches them
+            bases = wire.unpack_bases(wire.round_bases(student.eval(), bank.image_feats, bank.text_feats, rank),
+                                      student, rank)
+            first_bases = first_bases or bases
+            work = copy.deepcopy(student)
+            round_names = wire.attach(work, bases, fed.train_params)
+        res = run_local_round(work, teacher, anchor_images, anchor_texts, train_set, round_names, fed, float(sigma),
                               seed=audit.seed + r)
+        trained = trained_numbers(work)
+        student = merge_low_rank(work)  # W += B A: the server's fold of one site's reply (plain heads: unchanged)
         spends += res.spends
+    acfg = adapt_config(fed.replace(mode="per-record"), audit.seed)  # a canary's own gradient
     if audit.score == "pair":
         scores = pair_scores(start, student, canaries).tolist()
+    elif rank is not None:
+        start_view, end_view, view_names = low_rank_views(start, student, first_bases, fed.train_params)
+        scores = update_scores(start_view, end_view, teacher, canaries, anchor_images, anchor_texts, view_names,
+                               acfg).tolist()
     else:
-        scores = update_scores(start, student, teacher, canaries, anchor_images, anchor_texts, names,
-                               adapt_config(fed.replace(mode="per-record"), audit.seed)).tolist()  # a canary's own gradient
+        scores = update_scores(start, student, teacher, canaries, anchor_images, anchor_texts, names, acfg).tolist()
     history = merge_history([s.entry() for s in spends])
     try:
         accounted = compute_epsilon(history, fed.delta, "rdp").epsilon
@@ -148,11 +173,11 @@ def run_canary_audit(teacher: DualHeads, site: FeatureSet, anchor_images: torch.
                 "sample_rate": fed.sample_rate, "steps_per_round": fed.local_steps, "clip_norm": fed.clip_norm,
                 "lr": fed.lr, "train_params": fed.train_params, "prototypes": fed.prototypes,
                 "prototype_iters": fed.prototype_iters, "prototype_noise": fed.prototype_noise_multiplier(),
-                "mechanisms": sorted({s.mechanism for s in spends})}
+                "mechanisms": sorted({s.mechanism for s in spends}), "trained_numbers": trained}
     return EmpiricalAudit(
         epsilon_lower_bound=lower, accounted_epsilon=accounted, delta=fed.delta, unit="record",
         neighbouring=NEIGHBOURING["record"], canaries=audit.canaries, included=len(inside),
         site_records=site.n_images, guesses=[asdict(o) for o in outcomes], training=training,
         history=[list(e) for e in history], scores=[float(s) for s in scores], coins=coins,
         confidence=1 - audit.beta, beta=audit.beta, wall_s=round(time.perf_counter() - t0, 2), score=audit.score,
-        score_definition=SCORE_TEXT[audit.score])
+        score_definition=SCORE_TEXT[audit.score] + (LOW_RANK_SCORE if rank is not None and audit.score == "update" else ""))

@@ -104,7 +104,8 @@ def _from_run(run: Path, site: int) -> tuple[dict, list[float] | None, dict]:
                          "canary sites; audit-empirical audits record-level DP-SGD only")
     if cfg.get("privacy") != "record":
         return cfg, None, {}
-    noise, q, steps, clip = run_mechanism(ledger, f"site-{site}")
+    noise, q, steps, clip = run_mechanism(ledger, f"site-{site}",
+                                          "dp-sgd-grouped" if cfg.get("mode") == "grouped" else "dp-sgd")
     mech = {"sample-rate": q, "local-steps": steps, "clip-norm": clip}
     proto = run_prototype_noise(ledger, f"site-{site}")
     if proto is not None:  # the noise the run really used (its config may say "automatic")
@@ -178,7 +179,8 @@ def audit_empirical(
         with console.status(f"training with {canaries} canaries ({n_rounds} round(s), noise {noise[0]:.4g})"):
             result = run_canary_audit(inputs.teacher, inputs.site, inputs.anchor_images, inputs.anchor_texts,
                                       inputs.names, cfg, noise, CanaryAuditConfig(canaries=canaries, ks=tuple(k),
-                                                                                  score=score, seed=seed))
+                                                                                  score=score, seed=seed),
+                                      bank=inputs.bank)
     result.source = {**inputs.source, "run": str(run) if run else None}
     path = atomic_write_json(Path(dest) / "empirical_audit.json", result.to_dict())
     acc = "inf (no noise)" if result.accounted_epsilon == float("inf") else f"{result.accounted_epsilon:.4g}"
