@@ -82,6 +82,37 @@ def test_federated_rows_match_the_json_by_a_second_reading():
         assert eps == "–" if m["epsilon"] is None else eps.startswith(f"{m['epsilon']:g} ({m['epsilon_unit']}-level"), name
 
 
+def test_grouped_dp_rows_match_the_json_by_a_second_reading():
+    """Independent of the renderer: each README cell is its (profile, pair, row)'s mean R1, marked with the seed count
+    when fewer than 3, and the epsilon column is the row's largest record-level epsilon (a dash for rows that claim
+    none)."""
+    block = re.search(r"<!-- table:grouped-dp -->(.*?)<!-- /table:grouped-dp -->", README, re.S).group(1)
+    path = ROOT / "benchmarks/results/grouped_dp.json"
+    if not path.exists():
+        assert "Not run yet" in block
+        return
+    data = json.loads(path.read_text())
+    assert data["unit"] == "record" and data["delta"] == 1e-5
+    cols = [(prof, pair) for prof, pairs in data["runs"].items() for pair in pairs]
+    rows = {m.group(1): m.group(2).split(" | ") for m in re.finditer(r"^\| (\w+) \| (.*) \|$", block, re.M) if m.group(1) != "row"}
+    assert set(rows) == {r for prof, pair in cols for r in data["runs"][prof][pair]}
+    for name, cells in rows.items():
+        assert len(cells) == len(cols) + 1, name
+        eps = []
+        for (prof, pair), cell in zip(cols, cells):
+            m = data["runs"][prof][pair].get(name)
+            if m is None:
+                assert cell == "–", (name, prof, pair)
+                continue
+            value, *count = cell.split(" ")
+            assert float(value) == pytest.approx(m["R1"], abs=0.051), (name, prof, pair)
+            assert count == ([] if len(m["seeds"]) >= 3 else [f"({len(m['seeds'])})"]), (name, prof, pair)
+            if m["epsilon"] is not None:
+                eps.append(m["epsilon"])
+        assert cells[-1] == (f"{max(eps):.2f}" if eps else "–"), name
+        assert bool(eps) == ("_dp_" in name), name  # only the DP rows claim an epsilon
+
+
 def test_no_hand_written_result_figures_in_the_readme():
     """Results figures live in rendered blocks only, so a rerun of the benchmarks cannot leave one stale."""
     text = prose(README)
