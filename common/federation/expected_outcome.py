@@ -21,6 +21,12 @@ the benchmark forces an update here):
 - ``share``: (fed R1 - direct R1) / (central R1 - direct R1) at epsilon 8;
   ``no_noise_share``: the same without noise (the federation's ceiling).
 
+A run whose DP-SGD noise is set by hand (``--noise-multiplier``, which
+overrides the noise derived from its epsilon) is compared by the epsilon that
+noise actually spends over the planned run (`hand_set_epsilon`: the ledger's
+accountant on the spends a site plans, `site_budget.record_spends`), not by
+its budget.
+
 No federated grouped-mode measurement exists yet (benchmarks/results has
 none), so grouped runs are told so and shown per-record mode's figures.
 """
@@ -114,11 +120,32 @@ def _mode(loss_mode: str) -> str:
     return mode
 
 
+def hand_set_epsilon(cfg) -> float:
+    """Record-level epsilon that a run with a hand-set DP-SGD noise (``cfg.noise_multiplier`` > 0) spends at a fresh
+    site that trains in every one of its rounds: each round's planned spends (DP prototypes, DP-SGD;
+    `site_budget.record_spends`, what the sites record) composed by the run's accountant at its delta.
+    ``inf`` when no finite epsilon can be certified."""
+    from common.federation.site_budget import record_spends
+    from common.privacy.accounting import AccountingError, compute_epsilon, merge_history
+
+    if not cfg.noise_multiplier > 0:
+        raise ValueError("hand_set_epsilon: the run's noise is derived from its epsilon (noise-multiplier 0)")
+    spends, _ = record_spends(cfg, cfg.epsilon, cfg.delta, cfg.accountant, [], 1)
+    history = merge_history(*([s.entry() for s in spends] for _ in range(cfg.rounds)))
+    try:
+        return compute_epsilon(history, cfg.delta, cfg.accountant).epsilon
+    except AccountingError:
+        return math.inf
+
+
 def estimate(records_per_site: list[int], epsilon: float, loss_mode: str, train_params: str, *,
-             delta: float = MEASURED_DELTA, accountant: str = "rdp") -> Estimate | None:
+             delta: float = MEASURED_DELTA, accountant: str = "rdp", noise_multiplier: float = 0.0,
+             budget: float | None = None) -> Estimate | None:
     """The expected share of the central gain for a record-level federation, from ``MEASURED``; None without sites.
 
-    ``epsilon``, ``delta`` and ``accountant``: the run's record-level budget, compared with the measured one."""
+    ``epsilon``, ``delta`` and ``accountant``: the run's record-level budget, compared with the measured one.
+    With ``noise_multiplier`` > 0 (set by hand) ``epsilon`` is what that noise spends over the run
+    (`hand_set_epsilon`) and ``budget`` the sites' budget, at which they stop."""
     if not records_per_site:
         return None
     if not epsilon > 0:
@@ -163,24 +190,40 @@ def estimate(records_per_site: list[int], epsilon: float, loss_mode: str, train_
     notes = []
     if mode == "per_record" and spec not in measured_sets:
         notes.append(f"train-params {spec} was not measured")
-    run_eps = f"this run's record-level epsilon {epsilon:g} (delta {_delta(delta)}, {accountant.upper()})"
-    if epsilon != MEASURED[0].epsilon:  # more budget, less noise: the direction is certain, the amount is not measured
-        side = "below" if epsilon < MEASURED[0].epsilon else "above"
-        notes.append(f"{run_eps} is {side} the measured {MEASURED[0].epsilon:g}, so expect "
-                     f"{'less' if side == 'below' else 'more'}")
+    unit = f"(delta {_delta(delta)}, {accountant.upper()})"
+    measured = MEASURED[0].epsilon
+    if noise_multiplier > 0:  # the budget did not set the noise: compare what the noise spends
+        spent = "no finite epsilon" if math.isinf(epsilon) else f"record-level epsilon {epsilon:.3g} {unit}"
+        side = ("about" if math.isclose(epsilon, measured, rel_tol=0.01) else
+                "below" if epsilon < measured else "above")
+        stops = budget is not None and epsilon > budget  # the run ends early, at less noise per step: not measured
+        expect = "" if side == "about" or stops else f", so expect {'less' if side == 'below' else 'more'}"
+        notes.append(f"this run's DP-SGD noise multiplier {noise_multiplier:g} is set by hand (--noise-multiplier), "
+                     f"not derived from its epsilon: over the planned run it spends {spent} at a site that trains "
+                     f"every round, {side} the measured {measured:g}{expect}")
+        if stops:
+            notes.append(f"but the sites refuse rounds past their budget of record-level epsilon {budget:g}, so fewer "
+                         "rounds than planned will train (a run we have not measured)")
+    elif epsilon != measured:  # more budget, less noise: the direction is certain, the amount is not measured
+        side = "below" if epsilon < measured else "above"
+        notes.append(f"this run's record-level epsilon {epsilon:g} {unit} is {side} the measured {measured:g}, so "
+                     f"expect {'less' if side == 'below' else 'more'}")
     elif delta != MEASURED_DELTA or accountant.upper() != MEASURED_ACCOUNTANT:
-        notes.append(f"{run_eps} differs from the measured budget in delta or accountant (a smaller delta means more "
-                     "noise)")
+        notes.append(f"this run's record-level epsilon {epsilon:g} {unit} differs from the measured budget in delta "
+                     "or accountant (a smaller delta means more noise)")
     notes.append(f"measured: {MEASURED_SETTING}; see {POINTER}")
     second = "; ".join(notes)
     best = max(r.share for r in _rows(used, sets))
-    low = (mode == "per_record" and epsilon <= MEASURED[0].epsilon and median <= sizes[-1] * ABOUT
+    not_more = epsilon <= measured or (noise_multiplier > 0 and math.isclose(epsilon, measured, rel_tol=0.01))
+    low = (mode == "per_record" and not_more and median <= sizes[-1] * ABOUT
            and best < LOW_SHARE)  # a figure that this run should not beat, and a small one
     return Estimate(f"{first} {second[0].upper()}{second[1:]}.", low)
 
 
 def expected_outcome(records_per_site: list[int], epsilon: float, loss_mode: str, train_params: str, *,
-                     delta: float = MEASURED_DELTA, accountant: str = "rdp") -> str | None:
+                     delta: float = MEASURED_DELTA, accountant: str = "rdp", noise_multiplier: float = 0.0,
+                     budget: float | None = None) -> str | None:
     """Two plain sentences: what the measured table says a run like this keeps; None without sites."""
-    est = estimate(records_per_site, epsilon, loss_mode, train_params, delta=delta, accountant=accountant)
+    est = estimate(records_per_site, epsilon, loss_mode, train_params, delta=delta, accountant=accountant,
+                   noise_multiplier=noise_multiplier, budget=budget)
     return est.text if est else None

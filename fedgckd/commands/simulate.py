@@ -154,10 +154,12 @@ def _noise_note(noise: dict, train_params: str, steps: int) -> None:
 
 def _outcome_note(cfg, records_per_site: list[int]) -> None:
     """Before training: the share of the central gain the measured table expects (yellow when it is small)."""
-    from common.federation.expected_outcome import estimate
+    from common.federation.expected_outcome import estimate, hand_set_epsilon
 
-    est = estimate(records_per_site, cfg.epsilon, cfg.loss_mode, cfg.train_params, delta=cfg.delta,
-                   accountant=cfg.accountant)
+    hand_set = cfg.noise_multiplier > 0  # --noise-multiplier overrides the noise derived from --epsilon
+    est = estimate(records_per_site, hand_set_epsilon(cfg) if hand_set else cfg.epsilon, cfg.loss_mode,
+                   cfg.train_params, delta=cfg.delta, accountant=cfg.accountant, noise_multiplier=cfg.noise_multiplier,
+                   budget=cfg.epsilon if hand_set else None)
     if est:
         console.print(est.text, style="yellow" if est.low else None, soft_wrap=True, markup=False, highlight=False)
 
