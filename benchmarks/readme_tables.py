@@ -258,7 +258,7 @@ def grouped_dp_share(rows: dict) -> str:
     if missing:
         return "(" + ", ".join(f"`{r}`" for r in missing) + " not run yet)"
     base = rows["direct"]["R1"]
-    return f"{(rows['gckd_grouped_dp_eps8']['R1'] - base) / (rows['gckd_full']['R1'] - base):.0%}"
+    return f"{round(100 * (rows['gckd_grouped_dp_eps8']['R1'] - base) / (rows['gckd_full']['R1'] - base))}%"  # no "-0%"
 
 
 def grouped_dp() -> str:
