@@ -193,6 +193,7 @@ def test_the_readme_block_of_a_merged_v2_result(tmp_path, monkeypatch):
     """A merged result of both profiles and pairs: the block shows the sites profile, a column group per pair, and
     links the plot and federated.md relative to the file it sits in."""
     import readme_tables
+    import table_common
 
     results = tmp_path / "benchmarks" / "results"
     parts = tmp_path / "parts"
@@ -212,6 +213,7 @@ def test_the_readme_block_of_a_merged_v2_result(tmp_path, monkeypatch):
     (results / "federated.svg").write_text(federated_merge.plot(payload["runs"]))
     monkeypatch.setattr(readme_tables, "ROOT", tmp_path)
     monkeypatch.setattr(readme_tables, "RESULTS", results)
+    monkeypatch.setattr(table_common, "RESULTS", results)  # where `load` reads the JSON
     block = readme_tables.federated("README.md")
     assert block.startswith("**sites** profile, 10 sites") and "seeds 0, 1" in block
     assert "| row | flat→outline R1 | mAP | share | flat→shaded R1 | mAP | share | epsilon per site (delta 1e-05, RDP) |" in block
