@@ -34,7 +34,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from bench_utils import METRICS, command_line, ensure_data, features, fmt, machine, write
+from bench_utils import METRICS, REFRESH_RECORDS, command_line, ensure_data, features, fmt, machine, refresh_for, write
 
 from common.models.backbones import build_backbone
 from common.models.heads import HeadConfig
@@ -51,8 +51,8 @@ DEFAULT_RUNS = tuple(r for r in RUNS if r not in ("oracle_scratch",))
 DELTA = 1e-5
 
 
-def variant_configs(seed: int, epochs: int) -> dict[str, AdaptConfig]:
-    base = AdaptConfig(seed=seed, epochs=epochs)
+def variant_configs(seed: int, epochs: int, records: int = REFRESH_RECORDS) -> dict[str, AdaptConfig]:
+    base = AdaptConfig(seed=seed, epochs=epochs, refresh_steps=refresh_for(records))  # 25 at 1,800 records
     return {
         "cmkd_only": replace(base, use_gmp=False),
         "gmp_only": replace(base, momentum=1.0, teacher_rounds=1),  # the source teacher stays the teacher
@@ -73,10 +73,12 @@ def run_pair(bb, data: Path, src: str, tgt: str, seed: int, cache, epochs: int, 
     bank = PublicBank.from_source(s_train, 2048, seed=seed)
     out: dict[str, dict] = {}
 
-    def record(name, heads, epsilon=None):
+    def record(name, heads, epsilon=None, log=None):
         out[name] = evaluate_heads(heads, t_test)
         if epsilon is not None:
             out[name]["epsilon"] = epsilon
+        if log is not None and "grouped" in log:  # size-aware (GroupedConfig.steps None): say what ran
+            out[name]["grouped_steps_per_round"] = log["grouped"]["steps_per_round"]
         print(f"  {src}->{tgt} seed {seed} {name:16s} R1 {out[name]['R1']:6.2f} mAP {out[name]['mAP']:6.2f}", flush=True)
 
     record("direct", teacher)
@@ -84,15 +86,16 @@ def run_pair(bb, data: Path, src: str, tgt: str, seed: int, cache, epochs: int, 
         record("pair_finetune", pair_finetune(teacher, t_train, PairFinetuneConfig(seed=seed))[0])
     if "pair_finetune_ema" in only:
         record("pair_finetune_ema", pair_finetune(teacher, t_train, PairFinetuneConfig(seed=seed, ema=0.99))[0])
-    for name, cfg in variant_configs(seed, epochs).items():
+    for name, cfg in variant_configs(seed, epochs, t_train.n_images).items():
         if name in only:
             record(name, adapt(teacher, t_train, bank, cfg)[0])
     if "gckd_grouped_nonoise" in only:
-        record("gckd_grouped_nonoise", adapt(teacher, t_train, bank, AdaptConfig(seed=seed, mode="grouped"))[0])
+        heads, log = adapt(teacher, t_train, bank, AdaptConfig(seed=seed, mode="grouped"))
+        record("gckd_grouped_nonoise", heads, log=log)
     for eps in (1, 4, 8):
         if f"gckd_grouped_dp_eps{eps}" in only:
-            heads, _, led = adapt_grouped_release(teacher, t_train, bank, AdaptConfig(seed=seed, mode="grouped"), eps, DELTA)
-            record(f"gckd_grouped_dp_eps{eps}", heads, led.epsilon())
+            heads, log, led = adapt_grouped_release(teacher, t_train, bank, AdaptConfig(seed=seed, mode="grouped"), eps, DELTA)
+            record(f"gckd_grouped_dp_eps{eps}", heads, led.epsilon(), log)
     if "gckd_per_record_dp_eps8" in only:
         heads, _, led = adapt_per_record_release(teacher, t_train, bank, AdaptConfig(seed=seed, mode="per_record"), 8, DELTA)
         record("gckd_per_record_dp_eps8", heads, led.epsilon())

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from bench_utils import RESULTS, command_line, ensure_data, features, machine, write
+from bench_utils import RESULTS, command_line, ensure_data, features, machine, refresh_for, write
 from federated_merge import load_parts, markdown, merge, plot
 from federated_rows import CENTRAL_ROWS, DELTA, FED_ROWS, ROWS, central_privacy, read_run, reuse_central, simulate_command
 
@@ -73,7 +73,7 @@ def central_rows(teacher, t_train, t_eval, bank, seed: int, only: set[str]) -> d
         if row == "direct":
             res = evaluate_heads(teacher, t_eval)
         elif row == "central_full":  # run_pair's gckd_full
-            res = evaluate_heads(adapt(teacher, t_train, bank, AdaptConfig(seed=seed))[0], t_eval)
+            res = evaluate_heads(adapt(teacher, t_train, bank, AdaptConfig(seed=seed, refresh_steps=refresh_for(t_train.n_images)))[0], t_eval)
         else:  # run_pair's gckd_grouped_dp_eps8
             heads, _, led = adapt_grouped_release(teacher, t_train, bank, AdaptConfig(seed=seed, mode="grouped"), 8, DELTA)
             res = evaluate_heads(heads, t_eval) | central_privacy(led)

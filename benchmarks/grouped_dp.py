@@ -35,6 +35,7 @@ ROWS = ("direct", "pair_finetune", "gckd_full", "gckd_grouped_nonoise", "gckd_gr
         "gckd_grouped_dp_eps8", "gckd_per_record_dp_eps8")
 PARTS = RESULTS / "grouped_dp_parts"
 PROFILES = ("default", "sites")
+FIXED_STEPS = 80  # grouped steps per round of parts that do not say: the fixed default before the size-aware one
 
 
 def run_part(args) -> None:
@@ -76,10 +77,14 @@ def merge() -> dict:
             for row in (r for r in RUNS if r in rows):
                 ms = [rows[row][s] for s in sorted(rows[row])]
                 eps = [m["epsilon"] for m in ms if "epsilon" in m]
+                steps = {m.get("grouped_steps_per_round", FIXED_STEPS) for m in ms} if row.startswith("gckd_grouped") else set()
+                if len(steps) > 1:
+                    raise SystemExit(f"{PARTS}: {profile} {pair} {row} ran with {sorted(steps)} grouped steps per round "
+                                     "over its seeds; rerun those parts with one setting before merging")
                 runs[profile][pair][row] = {"R1": round(statistics.fmean(m["R1"] for m in ms), 2),
                                             "mAP": round(statistics.fmean(m["mAP"] for m in ms), 2),
                                             "epsilon": round(max(eps), 3) if eps else None,
-                                            "seeds": sorted(rows[row])}
+                                            "seeds": sorted(rows[row])} | ({"grouped_steps_per_round": steps.pop()} if steps else {})
     payload = {"runs": runs, "delta": DELTA, "unit": "record", "accountant": "rdp",
                "commands": sorted({c for p in parts for c in p.get("commands", [p["command"]])}), "machine": machine()}
     lines = ["Target test R1 / mAP (mean over the seeds listed); epsilon: record-level, delta 1e-5, RDP, the whole "

@@ -26,9 +26,11 @@ benchmark deals nested subsets of a ten-times larger target train split (the
   trained set and step size in ``--lrs``; the step size is chosen on the
   target **val** split and the table reports the **test** split.
 
-``--reuse`` keeps the runs the last JSON holds and runs only the missing
-ones (the one-machine run at 1,800 records per site alone takes about 20
-minutes); the JSON lists every run with its settings under ``jobs``.
+``--reuse`` keeps the runs the last JSON holds, and those an interrupted
+invocation finished (each finished run is saved at once to
+``runs/site_size_progress.json``), and runs only the missing ones (the
+one-machine run at 1,800 records per site alone takes about 20 minutes); the
+JSON lists every run with its settings under ``jobs``.
 
 Writes benchmarks/results/site_size.json and site_size.md.
 """
@@ -37,14 +39,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
-from bench_utils import RESULTS, command_line, ensure_data, features, machine, write
+from bench_utils import RESULTS, command_line, ensure_data, features, machine, refresh_for, write
 from dp_emulation import DELTA, SAMPLE_RATE, emulate
 
-from common.atomic import read_json
+from common.atomic import atomic_write_json, read_json
 from common.checkpoint import load_checkpoint
 from common.models.backbones import build_backbone
 from common.privacy.noise_calibration import plan_record_level
@@ -53,6 +55,7 @@ from common.train.pretrain import evaluate_heads
 from common.train.site_context import PublicBank
 
 EPSILON, ROUNDS, STEPS, NO_NOISE_LR = 8.0, 10, 20, 2.0
+PROGRESS = Path("runs/site_size_progress.json")  # every finished run, saved as it ends (read by --reuse)
 
 
 def load(args, per_site: int):
@@ -84,10 +87,7 @@ def _job(args, per_site: int, kind: str, train_set: str, lr: float) -> dict:
     if kind == "direct":
         return both(teacher, val, test)
     if kind == "central":
-        # the default refreshes the refined graph every 25 steps, about once an epoch on the benchmark's 1,800
-        # records; keep it once an epoch here (a refresh is a k-NN over every target node, quadratic in them)
-        refresh = max(AdaptConfig.refresh_steps, round(AdaptConfig.refresh_steps * len(tgt.image_feats) / 1800))
-        cfg = AdaptConfig(refresh_steps=refresh)
+        cfg = AdaptConfig(refresh_steps=refresh_for(len(tgt.image_feats)))  # about once a pass at every size
         return both(adapt(teacher, tgt, PublicBank.from_source(src, 2048), cfg)[0], val, test)
     eps = EPSILON if kind == "fed_record_eps8" else 0.0
     res, heads = emulate(teacher, src, tgt, val, args.sites, train_set, lr, eps, ROUNDS, STEPS, return_heads=True)
@@ -123,11 +123,15 @@ def main() -> None:
     wanted += [(n, "fed_no_noise", t, NO_NOISE_LR) for n in args.per_site for t in args.train_sets]
     wanted += [(n, "fed_record_eps8", t, lr) for n in args.per_site for t in args.train_sets for lr in args.lrs]
     old = read_json(RESULTS / "site_size.json") if args.reuse and (RESULTS / "site_size.json").exists() else {}
-    kept = [j for j in old.get("jobs", []) if _key(j) in set(wanted)]
+    finished = read_json(PROGRESS).get("jobs", []) if args.reuse and PROGRESS.exists() else []
+    kept = list({_key(j): j for j in old.get("jobs", []) + finished if _key(j) in set(wanted)}.values())
     todo = sorted(set(wanted) - {_key(j) for j in kept}, key=lambda j: (-j[0], j[2] != "all"))  # the longest first
-    print(f"{len(kept)} runs kept from the last JSON, {len(todo)} to run", flush=True)
+    print(f"{len(kept)} runs kept from the last JSON and the progress file, {len(todo)} to run", flush=True)
+    done = list(kept)
     with ProcessPoolExecutor(args.jobs) as pool:
-        done = kept + list(pool.map(job, [args] * len(todo), *zip(*todo))) if todo else kept
+        for future in as_completed([pool.submit(job, args, *t) for t in todo]):
+            done.append(future.result())
+            atomic_write_json(PROGRESS, {"jobs": done})  # atomic: an interrupted benchmark resumes with --reuse
     payload = summarise(args, done)
     payload |= {"commands": old.get("commands", []) + [command_line()], "machine": machine(),
                 "seconds": round(old.get("seconds", 0.0) + time.perf_counter() - t0, 1) if kept else round(time.perf_counter() - t0, 1)}

@@ -136,8 +136,15 @@ def test_grouped_dp_merge_has_the_issue_shape_means_and_epsilons(tmp_path, monke
     out = grouped_dp.merge()
     d = out["runs"]["default"]["flat->outline"]
     assert d["direct"] == {"R1": 11.0, "mAP": 8.5, "epsilon": None, "seeds": [0, 1]}
-    assert d["gckd_grouped_dp_eps8"] == {"R1": 25.0, "mAP": 20.0, "epsilon": 7.95, "seeds": [0, 1]}
+    assert d["gckd_grouped_dp_eps8"] == {"R1": 25.0, "mAP": 20.0, "epsilon": 7.95, "seeds": [0, 1],
+                                         "grouped_steps_per_round": 80}  # parts that do not say ran the fixed 80
     assert out["runs"]["sites"]["flat->outline"]["gckd_full"]["R1"] == 80.0
+    # a row whose seeds ran different grouped schedules is not averaged
+    body = files["default_outline_s1"]
+    body["rows"]["gckd_grouped_dp_eps8"]["grouped_steps_per_round"] = 704
+    (parts / "default_outline_s1.json").write_text(json.dumps(body))
+    with pytest.raises(SystemExit, match=r"gckd_grouped_dp_eps8 ran with \[80, 704\] grouped steps"):
+        grouped_dp.merge()
     assert list(out["runs"]) == ["default", "sites"] and out["delta"] == 1e-5 and out["unit"] == "record"
     assert json.loads((tmp_path / "grouped_dp.json").read_text())["runs"] == out["runs"]
     assert (tmp_path / "grouped_dp.svg").read_text().lstrip().startswith("<?xml")

@@ -38,7 +38,7 @@ from common.privacy.ledger import SiteLedger, Spend
 from common.privacy.noise_calibration import plan_record_level, prototype_noise_for
 from common.train.adapt import adapt, refine
 from common.train.adapt_config import AdaptConfig, resolved
-from common.train.grouped_config import plan_grouped
+from common.train.grouped_config import plan_grouped, with_steps
 from common.train.record_level_dp import RecordLevelConfig, train_record_level
 from common.train.record_pack import RecordLoss, RecordPack, pack_texts, teacher_targets
 from common.train.site_context import PublicBank, build_site_context
@@ -65,6 +65,7 @@ def _ledger(epsilon: float, delta: float, accountant: str) -> SiteLedger:
 def adapt_grouped_release(teacher: DualHeads, target: FeatureSet, bank: PublicBank, cfg: AdaptConfig, epsilon: float,
                           delta: float, accountant: str = "rdp", progress: Callable | None = None) -> tuple[DualHeads, dict, SiteLedger]:
     cfg = resolved(cfg)
+    cfg = replace(cfg, grouped=with_steps(cfg.grouped, target.n_images))
     plan = plan_grouped(cfg.grouped, target.n_images, cfg.teacher_rounds, epsilon, delta, accountant)
     cfg = replace(cfg, whiten=0.0, grouped=replace(cfg.grouped, noise_multiplier=plan.noise_multiplier,
                                                    prototype_noise=plan.prototype_noise))

@@ -45,7 +45,7 @@ from common.models.feature_cache import FeatureSet
 from common.models.heads import DualHeads
 from common.models.low_rank import attach_low_rank, merge_low_rank, parse_spec, public_bases, trained_numbers
 from common.privacy.accounting import merge_history
-from common.train.grouped_config import GroupedConfig, normaliser, sample_rate
+from common.train.grouped_config import GroupedConfig, normaliser, sample_rate, with_steps
 from common.train.grouped_dp import GroupClippedSGD
 from common.train.grouped_keys import bins_per_prototype, default_bins
 from common.train.grouped_site import GroupedSite, record_views, release_prototypes  # noqa: F401 (record_views re-exported)
@@ -81,8 +81,8 @@ def _optimizer(g: GroupedConfig, params: list) -> torch.optim.Optimizer:
 def adapt_grouped(teacher_heads: DualHeads, target: FeatureSet, bank: PublicBank, cfg, generator: torch.Generator,
                   progress: Callable[[int, int, dict], None] | None = None) -> tuple[DualHeads, dict]:
     """Returns (adapted heads, log); ``cfg`` is a resolved `AdaptConfig` with ``mode="grouped"``."""
-    g: GroupedConfig = cfg.grouped
     n = target.n_images
+    g: GroupedConfig = with_steps(cfg.grouped, n)
     q, norm = sample_rate(g, n), normaliser(g, n)
     site = GroupedSite.build(target, q, 1, f"fedgckd-grouped-{cfg.seed}".encode(), g.max_group, g.sub_bin)
     bins_used = []
@@ -137,7 +137,7 @@ def adapt_grouped(teacher_heads: DualHeads, target: FeatureSet, bank: PublicBank
             p.requires_grad_(True)
     what = "the last student" if cfg.average is None else f"the moving average (momentum {cfg.average}) of the student's weights"
     log = {"epochs": epochs, "selection": f"fixed schedule, {what}; no target labels read", "privacy_history": history,
-           "grouped": {"sample_rate": q, "normaliser": norm, "bins": bins_used, "prototypes": int(len(protos)),
+           "grouped": {"sample_rate": q, "steps_per_round": g.steps, "normaliser": norm, "bins": bins_used, "prototypes": int(len(protos)),
                        "clip_norm": g.clip_norm, "sensitivity": 2 * g.clip_norm, "noise_multiplier": g.noise_multiplier,
                        "clipping": sgd.path, "train_params": g.train_params, "trained_numbers": trained,
                        "low_rank": None if low_rank is None else low_rank[0], "diagnostics": site.stats.summary()}}
