@@ -35,6 +35,7 @@ def test_steps_per_round_by_hand(records, expected):
 
 def test_the_floor_and_an_explicit_count():
     assert steps_per_round(GroupedConfig(), 1_800) == 80  # the default keeps the 80 steps measured at 1,800 records
+    assert steps_per_round(GroupedConfig(), 3_561) == 80 and steps_per_round(GroupedConfig(), 3_562) == 81
     assert steps_per_round(GroupedConfig(steps=None, passes=10.0, min_steps=80), 1_800) == 80  # 20 < 80
     assert steps_per_round(GroupedConfig(steps=None, passes=10.0, min_steps=5), 1_800) == 20
     assert steps_per_round(GroupedConfig(steps=33, passes=40.0), 18_000) == 33  # a set count is kept as it is
@@ -49,9 +50,9 @@ def test_the_rule_covers_the_passes(records, passes, batch):
 
 
 def test_the_plan_of_a_size_aware_run_is_the_plan_of_its_count():
-    auto = plan_grouped(GroupedConfig(), 18_000, 2, 8.0, 1e-5)  # the default: 20 passes, 20 * 18000 / 1024 = 351.6
-    fixed = plan_grouped(GroupedConfig(steps=352), 18_000, 2, 8.0, 1e-5)
-    assert auto.steps == fixed.steps == 2 * 352
+    auto = plan_grouped(GroupedConfig(), 18_000, 2, 8.0, 1e-5)  # the default: 23 passes, 23 * 18000 / 1024 = 404.3
+    fixed = plan_grouped(GroupedConfig(steps=405), 18_000, 2, 8.0, 1e-5)
+    assert auto.steps == fixed.steps == 2 * 405
     assert auto.noise_multiplier == fixed.noise_multiplier and auto.history == fixed.history
 
 

@@ -46,9 +46,10 @@ class GroupedConfig:
     # make `passes` expected passes over the site, at least `min_steps`. A fixed count is a different schedule at every
     # size: 80 steps (the issue's outside probe) are 40 passes at 1,800 records but 4.6 at 18,000, where (val R1 at
     # epsilon 8, flat->outline, seeds 0/1/2) 2 x 80 steps scored 12.8, 2 x 400 (23 passes) 22.7, and 2 x 800 18.9
-    # (seed 0): the noise grows with the steps, so the best count is finite. At 1,800 records more passes did not help
-    passes: float = 20.0  # expected passes over the site per teacher round when `steps` is None (about 2 x 350 steps at
-    # 18,000 records); below `min_steps`' 40 passes at 1,800 records, where the floor keeps the measured 80 steps
+    # (seed 0; 2 x 352 steps 20.5, seed 0): the noise grows with the steps, so the best count is finite. At 1,800
+    # records more passes did not help (docs/grouped.md)
+    passes: float = 23.0  # expected passes over the site per teacher round when `steps` is None: the measured 2 x 400
+    # steps at 18,000 records (2 x 405 here); below `min_steps`' 40 passes at 1,800 records, where the floor keeps 80
     min_steps: int = 80  # fewest steps per round when `steps` is None: the fixed default the small sites were tuned on
     clip_norm: float = 1.0  # per-group gradient bound C; Delta = 2C. Group losses of unit-norm embeddings have
     # gradients far above 1, so the clip always binds and only the direction of each group's gradient counts

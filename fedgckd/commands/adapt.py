@@ -25,7 +25,7 @@ def adapt(
     privacy: str = typer.Option("none", "--privacy", help="none (no epsilon is claimed) or record: the whole adaptation is a record-level DP release (grouped or per-record mode) with a ledger and an audit in --out."),
     epsilon: float = typer.Option(8.0, "--epsilon", min=0.0, help="With --privacy record: epsilon of the whole run, for one image-caption record (add/remove)."),
     delta: float = typer.Option(1e-5, "--delta", min=0.0, max=1.0, help="With --privacy record: delta of the guarantee."),
-    steps: int | None = typer.Option(None, "--steps", min=1, help="DP-SGD steps per teacher round in grouped mode and under --privacy record (default: per-record mode 80; grouped mode 20 passes over the site, at least 80: 80 up to 4,096 records, 352 at 18,000)."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="DP-SGD steps per teacher round in grouped mode and under --privacy record (default: per-record mode 80; grouped mode 23 passes over the site, at least 80: 80 up to 3,561 records, 405 at 18,000)."),
     epochs: int = typer.Option(20, "--epochs", help="Fixed schedule, no selection on target data."),
     teacher_rounds: int | None = typer.Option(None, "--teacher-rounds", min=1, help="Run the schedule this many times, each round's result the next round's teacher. Default: 2 in full mode, 4 in per-record mode."),
     average: float = typer.Option(0.99, "--average", min=0.0, max=1.0, help="Keep a moving average of the student's weights with this momentum per step as the result (1 keeps the last student instead)."),
