@@ -57,10 +57,11 @@ def test_train_params_advice_follows_the_median_sites_records_per_step():
 
     assert train_params_advice("last", []) is None
     assert train_params_advice("last", [45, 60, 40]) is None  # small sites: 'last' is already the better choice
-    big = train_params_advice("last", [20, 200, 160])  # median 160: the whole image head
-    assert big and "train-params=all" in big and "160" in big
+    big = train_params_advice("last", [20, 500, 320])  # median 320: the whole image head
+    assert big and "train-params=all" in big and "320" in big
+    assert train_params_advice("last", [20, 200, 160]) is None  # median 160: level in the measurement, no advice
     assert train_params_advice("all", [200, 300, 150]) is None
     small = train_params_advice("all", [45, 90, 500])  # median 90
     assert small and "train-params=last" in small and "90" in small
     assert train_params_advice("norms+biases", [45]) is None and train_params_advice("norms+biases", [500]) is None
-    assert train_params_advice(" last ", [150]) is not None and train_params_advice("last", [149]) is None
+    assert train_params_advice(" last ", [300]) is not None and train_params_advice("last", [299]) is None

@@ -9,9 +9,9 @@ Provenance of ``MEASURED`` (a test checks it against the file, so a rerun of
 the benchmark forces an update here):
 - file: benchmarks/results/site_size.json (table in site_size.md and
   docs/limits.md, "Record-level DP against records per site"), written by
-  ``python benchmarks/site_size.py`` (+ two ``--reuse`` runs), measured at
-  commit f8065b7 (2026-12-01; last written by commit 71f54ab), that is on the
-  former base (before 5075a73's mean pooling and heads without LayerNorm);
+  ``python benchmarks/site_size.py`` (one run, 4,520 s on 2 cores), measured
+  on the current base and written at commit 6b867eb (2026-12-07; the teacher
+  runs/teachers/flat of benchmarks/direct_transfer.py, seed 0);
 - setting: flat->outline (``sites`` profile), per-record mode, 10 IID sites,
   emulated record-level FedAvg (benchmarks/dp_emulation.py's loop), 10 rounds
   x 20 local steps at sample rate 0.25, epsilon 8 per record, delta 1e-5,
@@ -55,14 +55,14 @@ class MeasuredRow:
 
 MEASURED_DELTA, MEASURED_ACCOUNTANT = 1e-5, "RDP"
 MEASURED_SETTING = ("per-record mode, flat->outline, 10 IID sites, 10 rounds x 20 steps at sample rate 0.25, "
-                    "emulated on the former base")
+                    "emulated")
 MEASURED: tuple[MeasuredRow, ...] = (  # copied from benchmarks/results/site_size.json, sizes[*].train_sets
-    MeasuredRow(180, 8.0, "per_record", "last", 0.107, 0.354),
-    MeasuredRow(180, 8.0, "per_record", "all", -0.039, 0.581),
-    MeasuredRow(600, 8.0, "per_record", "last", 0.124, 0.281),
-    MeasuredRow(600, 8.0, "per_record", "all", 0.163, 0.528),
-    MeasuredRow(1800, 8.0, "per_record", "last", 0.16, 0.274),
-    MeasuredRow(1800, 8.0, "per_record", "all", 0.23, 0.52),
+    MeasuredRow(180, 8.0, "per_record", "last", 0.067, 0.451),
+    MeasuredRow(180, 8.0, "per_record", "all", -0.066, 0.423),
+    MeasuredRow(600, 8.0, "per_record", "last", 0.162, 0.415),
+    MeasuredRow(600, 8.0, "per_record", "all", 0.134, 0.481),
+    MeasuredRow(1800, 8.0, "per_record", "last", 0.208, 0.391),
+    MeasuredRow(1800, 8.0, "per_record", "all", 0.279, 0.573),
 )
 
 

@@ -185,10 +185,11 @@ def size_report(backbone, heads: DualHeads, names: list[str], update: dict[str, 
 
 
 # Record-level federations: which preset suits which site size. Emulated 10-site federations at epsilon 8
-# (benchmarks/site_size.py, flat->outline, val R1; one run each): 45 records per step `last` 13.4 / `all` 7.2;
-# 150 per step 17.7 / 20.3; 450 per step 22.3 / 26.8. Below ~100 records per step the noise on the whole image
-# head's 790,784 numbers drowns its extra capacity; from ~150 the capacity wins.
-SMALL_STEP, LARGE_STEP = 100, 150
+# (benchmarks/site_size.py, flat->outline, val R1; one run each, about +-1.5): 45 records per step `last` 13.3 /
+# `all` 4.0; 150 per step 19.3 / 19.7 (level); 450 per step 25.7 / 34.3. Below ~100 records per step the noise on the
+# whole image head's 787,200 numbers drowns its extra capacity; at 450 the capacity wins clearly. Between the level
+# 150 and 450 nothing was measured: the advice starts at 300, about halfway on a log scale.
+SMALL_STEP, LARGE_STEP = 100, 300
 
 
 def train_params_advice(train_params: str, records_per_step: list[int]) -> str | None:
@@ -199,10 +200,10 @@ def train_params_advice(train_params: str, records_per_step: list[int]) -> str |
     spec = train_params.strip()
     if spec == "last" and typical >= LARGE_STEP:
         return (f"sites take about {typical} records per step: training the whole image head (--set train-params=all) "
-                f"did better than 'last' at that size (val R1 20.3 vs 17.7 at 150 records per step, 26.8 vs 22.3 at "
-                f"450, epsilon 8; benchmarks/results/site_size.md)")
+                f"did better than 'last' at large sites (val R1 34.3 vs 25.7 at 450 records per step, level at 150, "
+                f"epsilon 8; benchmarks/results/site_size.md)")
     if spec == "all" and typical < SMALL_STEP:
         return (f"sites take about {typical} records per step: at that size the noise on every head parameter drowns "
-                f"their extra capacity; 'last' (--set train-params=last) did better (val R1 13.4 vs 7.2 at 45 "
+                f"their extra capacity; 'last' (--set train-params=last) did better (val R1 13.3 vs 4.0 at 45 "
                 f"records per step, epsilon 8; benchmarks/results/site_size.md)")
     return None
