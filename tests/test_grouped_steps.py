@@ -12,14 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.losses.cmkd import CMKDConfig
-from common.models.feature_cache import FeatureSet
 from common.models.heads import DualHeads, HeadConfig
 from common.privacy.accounting import compute_epsilon
 from common.train.adapt_config import AdaptConfig
 from common.train.adapt_release import adapt_grouped_release
 from common.train.grouped_config import GroupedConfig, plan_grouped, sample_rate, steps_per_round
-
-DT, DI, D = 10, 12, 8
+from test_grouped_real_rows import DI, DT, D, _site  # the same tiny site as the real-rows checks
 
 
 @pytest.mark.parametrize("records,expected", [
@@ -54,17 +52,6 @@ def test_the_plan_of_a_size_aware_run_is_the_plan_of_its_count():
     fixed = plan_grouped(GroupedConfig(steps=405), 18_000, 2, 8.0, 1e-5)
     assert auto.steps == fixed.steps == 2 * 405
     assert auto.noise_multiplier == fixed.noise_multiplier and auto.history == fixed.history
-
-
-def _site(n=60, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    caps = torch.randint(1, 3, (n,), generator=g)
-    t2i = torch.repeat_interleave(torch.arange(n), caps)
-    m = len(t2i)
-    fs = FeatureSet(torch.randn(n, DI, generator=g), torch.randn(m, DT, generator=g), t2i, torch.full((n,), -1),
-                    torch.full((m,), -1), [f"img{i}" for i in range(n)], [f"caption {t}" for t in range(m)])
-    from common.train.site_context import PublicBank
-    return fs, PublicBank(torch.randn(20, DI, generator=g), torch.randn(20, DT, generator=g))
 
 
 def test_a_release_runs_logs_and_accounts_the_size_aware_count():
