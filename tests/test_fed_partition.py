@@ -81,3 +81,24 @@ def test_site_share_strips_identity_labels():
     assert all((s.image_pids == -1).all() and (s.text_pids == -1).all() for s in shares)
     with pytest.raises(PartitionError):
         site_share(fs, cfg.replace(partition="by-style"), 0)
+
+
+def test_visual_groups_match_the_per_identity_mean_reference():
+    """Identity means by one sort equal the plain per-identity masks (the former quadratic code), rows unsorted."""
+    rng = np.random.default_rng(7)
+    pids = rng.permutation(np.repeat(np.arange(40), rng.integers(1, 5, 40)))
+    feats = rng.normal(size=(len(pids), 6)).astype(np.float32)
+    ids = np.unique(pids)
+    means = np.stack([feats.astype(np.float64)[pids == p].mean(0) for p in ids])
+    x = means - means.mean(0)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    centres = x[np.random.default_rng(1).choice(len(ids), 5, replace=False)]
+    for _ in range(10):
+        a = (x @ centres.T).argmax(1)
+        for c in range(5):
+            if (a == c).any():
+                m = x[a == c].sum(0)
+                centres[c] = m / np.linalg.norm(m)
+    expected = {int(p): int(g) for p, g in zip(ids, (x @ centres.T).argmax(1))}
+    assert visual_groups(feats, pids, 5, seed=1) == expected
+    assert len(set(expected.values())) > 1

@@ -134,7 +134,10 @@ def visual_groups(image_feats: np.ndarray, pids: np.ndarray, k: int = 8, seed: i
     """
     pids = np.asarray(pids)
     ids = np.unique(pids)
-    x = np.stack([np.asarray(image_feats, dtype=np.float64)[pids == p].mean(0) for p in ids])
+    feats = np.asarray(image_feats, dtype=np.float64)  # converted once: per identity it was quadratic in the records
+    order = np.argsort(pids, kind="stable")  # each identity's rows in their original order, as a boolean mask takes them
+    rows = np.split(order, np.searchsorted(pids[order], ids[1:]))
+    x = np.stack([feats[r].mean(0) for r in rows])
     x = x - x.mean(0)
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     k = max(1, min(k, len(ids)))
