@@ -23,13 +23,14 @@ from safetensors.numpy import load_file, save
 from common.atomic import atomic_write_bytes, atomic_write_json, read_json
 from common.federation.config import FedConfig
 from common.federation.site_settings import SiteSettings
-from common.federation.site_data import site_share
+from common.federation.site_data import partition_featureset, site_share
 from common.models.feature_cache import FeatureSet
 
 TEACHER_FILE = "teacher.safetensors"
 PROGRESS_FILE = "progress.json"  # the last round this site charged, per run (run-key)
 _BACKBONES: dict[str, tuple[object, str]] = {}
 _FEATURES: dict[tuple, FeatureSet] = {}
+_PARTITIONS: dict[tuple, list[np.ndarray]] = {}  # per process: see site_features
 
 
 def backbone(name: str):
@@ -63,8 +64,14 @@ def _target_train(settings: SiteSettings, cfg: FedConfig, backbone_name: str) ->
 
 
 def site_features(settings: SiteSettings, cfg: FedConfig, backbone_name: str) -> FeatureSet:
-    """This site's records (its partition of the target train split), without identity labels."""
-    return site_share(_target_train(settings, cfg, backbone_name), cfg, settings.partition_id, settings.n_sites)
+    """This site's records (its partition of the target train split), without identity labels. The partition is
+    computed once per process and split setting (in simulation one actor serves many sites, every round)."""
+    fs = _target_train(settings, cfg, backbone_name)
+    key = (settings.data_dir, cfg.target, backbone_name, settings.cache_dir, cfg.partition, cfg.seed, cfg.alpha,
+           settings.n_sites)
+    if key not in _PARTITIONS:
+        _PARTITIONS[key] = partition_featureset(fs, cfg, settings.n_sites)
+    return site_share(fs, cfg, settings.partition_id, settings.n_sites, parts=_PARTITIONS[key])
 
 
 def save_teacher(state_dir: Path, arrays: dict[str, np.ndarray], config: dict) -> Path:

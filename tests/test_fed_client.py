@@ -224,3 +224,29 @@ def test_site_refuses_other_trunks(bench, tmp_path):
     task = server(bench, rc)
     with pytest.raises(Exception, match="hash to"):
         client_app(query(task, fingerprint="0" * 64), ctx(rc))
+
+
+def test_a_process_partitions_the_target_once_and_every_site_gets_its_own_share(bench, tmp_path, monkeypatch):
+    """In simulation one actor serves many sites every round: the split is computed once per process and setting,
+    and each site's records are what the partition computed from scratch gives it."""
+    from client import site_data
+    from common.federation import site_data as shares
+    from common.federation.site_budget import resolve_settings
+
+    rc = bench.run_config(tmp_path, privacy="none", mode="full")
+    cfg = FedConfig.from_run_config(rc).validate()
+    monkeypatch.setattr(site_data, "_PARTITIONS", {})
+    calls = []
+    real = shares.partition_featureset
+    monkeypatch.setattr(site_data, "partition_featureset", lambda *a, **k: calls.append(1) or real(*a, **k))
+    got = [site_data.site_features(resolve_settings(ctx(rc, pid).node_config, cfg), cfg, "tiny") for pid in (0, 1, 2, 0)]
+    assert len(calls) == 1
+    whole = site_data._target_train(resolve_settings(ctx(rc).node_config, cfg), cfg, "tiny")
+    for pid, site in zip((0, 1, 2, 0), got):
+        want = shares.site_share(whole, cfg, pid, 3)
+        assert torch_equal(site.image_feats, want.image_feats) and (site.image_pids == -1).all()
+    assert sum(s.n_images for s in got[:3]) == whole.n_images
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())

@@ -33,10 +33,14 @@ def partition_featureset(fs: FeatureSet, cfg: FedConfig, n_sites: int | None = N
     return partition_records(pids, n, cfg.partition, cfg.seed, alpha=cfg.alpha, groups=groups)
 
 
-def site_share(fs: FeatureSet, cfg: FedConfig, partition_id: int, n_sites: int | None = None) -> FeatureSet:
-    """This site's records, without identity labels."""
+def site_share(fs: FeatureSet, cfg: FedConfig, partition_id: int, n_sites: int | None = None,
+               parts: list[np.ndarray] | None = None) -> FeatureSet:
+    """This site's records, without identity labels (``parts``: `partition_featureset`'s answer, if already at hand)."""
     n = n_sites or cfg.sites
     if not 0 <= partition_id < n:
         raise PartitionError(f"partition-id {partition_id} is outside 0..{n - 1}")
-    parts = partition_featureset(fs, cfg, n)
+    if parts is None:
+        parts = partition_featureset(fs, cfg, n)
+    elif len(parts) != n:
+        raise PartitionError(f"a partition into {len(parts)} sites was passed for {n} sites")
     return fs.select_images(parts[partition_id]).without_labels()
