@@ -18,20 +18,17 @@ from common.atomic import atomic_write_bytes, atomic_write_json, read_json  # no
 from common.data.synth import synthesize  # noqa: E402
 from common.data.synth.generate import GENERATOR  # noqa: E402
 from common.pipeline import domain_features  # noqa: E402
+from common.train.adapt_config import REFRESH_RECORDS, refresh_every  # noqa: E402,F401 (REFRESH_RECORDS: ablation)
 
 RESULTS = Path(__file__).resolve().parent / "results"
-REFRESH_RECORDS = 1_800  # the site size at which full GCKD's default refresh (25 steps of 64) is about once a pass
 METRICS = ("R1", "R5", "R10", "mAP", "mINP")
 
 
 def refresh_for(records: int) -> int:
-    """Full GCKD's graph refresh cadence in a benchmark at a site of ``records`` records: the default's 25 steps
-    (about once a pass over 1,800 records in batches of 64), and about once a pass at larger sites. A refresh is an
-    exact k-NN over every target node (quadratic in them): every 25 steps it is 86% of a run at 18,000 records
-    (docs/grouped.md, "Speed"), once a pass about a quarter."""
-    from common.train.adapt_config import AdaptConfig
-
-    return max(AdaptConfig.refresh_steps, round(AdaptConfig.refresh_steps * records / REFRESH_RECORDS))
+    """Full GCKD's graph refresh cadence in a benchmark at a site of ``records`` records: `AdaptConfig`'s own default
+    (`common.train.adapt_config.refresh_every`: 25 steps at 1,800 records, about once a pass at larger sites), written
+    out so that each part records the number it ran with."""
+    return refresh_every(records)
 
 
 def machine() -> dict:

@@ -106,7 +106,7 @@ def adapt(
     """
     if (target.text_pids >= 0).any() or (target.image_pids >= 0).any():
         raise ValueError("adaptation must not see target identity labels: pass FeatureSet.without_labels()")
-    cfg = resolved(cfg)
+    cfg = resolved(cfg, target.n_images)
     rounds = 1 if steps is not None else cfg.teacher_rounds
     if cfg.average is not None and not 0.0 <= cfg.average < 1.0:
         raise ValueError(f"average must be in [0, 1) or None, got {cfg.average}")

@@ -21,7 +21,11 @@ class AdaptConfig:
     # 1.0 in per-record mode (there the teacher gives caption views and public keys; an image head that follows the
     # student lets the public keys drift with it: dev pair val R1 25.3 -> 28.1 frozen, 27.3 -> 29.0 on a second seed)
     use_gmp: bool = True
-    refresh_steps: int = 25  # recompute the teacher's refined target embeddings this often
+    refresh_steps: int | None = None  # recompute the teacher's refined target embeddings (and full mode's graph
+    # batches) every this many steps. None: about once a pass over the site (`refresh_every`: 25 steps of 64 records
+    # at 1,800 records, the cadence every variant was tuned with, and proportionally more at larger sites; at 18,000
+    # records a refresh every 25 steps was 86% of a 3.6-hour run, once a pass takes 24 minutes: test R1 91.9,
+    # docs/grouped.md "Speed"). Grouped mode re-embeds its public anchors every 25 steps when None
     group_size: int = 3  # full mode: a batch is seeds plus each seed's nearest records in the refined graph,
     # so that a person's other views are candidates and the teacher's soft targets can give them mass. 3 = a
     # seed and its 2 nearest: about the images per person of CUHK-PEDES (3.3) and of the generated benchmark (3);
@@ -73,13 +77,30 @@ class AdaptConfig:
     # (`PairFinetuneConfig.ema`), so the ablation reports that baseline too
 
 
-def resolved(cfg: AdaptConfig) -> AdaptConfig:
-    """The config with its mode-dependent defaults (None) filled in, as the run uses and logs it."""
+REFRESH_STEPS = 25  # the refresh cadence at REFRESH_RECORDS records, and the fewest steps between refreshes
+REFRESH_RECORDS = 1_800  # the site size at which 25 steps of 64 records are about one pass
+
+
+def refresh_every(records: int) -> int:
+    """Steps between refreshes when ``refresh_steps`` is None: about once a pass, ``max(25, round(25 N / 1800))``.
+    Public: it reads only the record count."""
+    return max(REFRESH_STEPS, round(REFRESH_STEPS * records / REFRESH_RECORDS))
+
+
+def resolved(cfg: AdaptConfig, records: int | None = None) -> AdaptConfig:
+    """The config with its mode-dependent defaults (None) filled in, as the run uses and logs it; the refresh cadence
+    of full and per-record mode needs the site's record count (``records``) and stays None without it."""
     if cfg.mode not in ("full", "per_record", "grouped"):
         raise ValueError(f"mode must be 'full', 'per_record' or 'grouped', got {cfg.mode!r}")
     per_record = cfg.mode == "per_record"
+    refresh = cfg.refresh_steps
+    if refresh is None and cfg.mode == "grouped":
+        refresh = REFRESH_STEPS
+    elif refresh is None and records is not None:
+        refresh = refresh_every(records)
     return replace(
         cfg,
+        refresh_steps=refresh,
         momentum=cfg.momentum if cfg.momentum is not None else (1.0 if per_record else 0.99),
         teacher_rounds=cfg.teacher_rounds if cfg.teacher_rounds is not None else (4 if per_record else 2),
         cmkd=cfg.cmkd if cfg.cmkd is not None else (CMKDConfig(kd_weight=0.5) if per_record else CMKDConfig()),

@@ -68,7 +68,7 @@ def adapt(
                           average=None if average >= 1.0 else average, whiten=whiten)
         if steps is not None:
             cfg.grouped.steps = steps
-        cfg = resolved(cfg)
+        cfg = resolved(cfg, tgt_fs.n_images)
         bank = PublicBank.from_source(src_fs, anchors, seed=seed)
         led = None
         with progress_bar(f"adapt ({mode}{', record-level DP' if privacy == 'record' else ''})") as bar:
