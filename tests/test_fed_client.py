@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from fed_support import shared_bench  # first: sets Flower's environment (telemetry off) before flwr is imported
 
@@ -244,9 +245,5 @@ def test_a_process_partitions_the_target_once_and_every_site_gets_its_own_share(
     whole = site_data._target_train(resolve_settings(ctx(rc).node_config, cfg), cfg, "tiny")
     for pid, site in zip((0, 1, 2, 0), got):
         want = shares.site_share(whole, cfg, pid, 3)
-        assert torch_equal(site.image_feats, want.image_feats) and (site.image_pids == -1).all()
+        assert torch.equal(site.image_feats, want.image_feats) and (site.image_pids == -1).all()
     assert sum(s.n_images for s in got[:3]) == whole.n_images
-
-
-def torch_equal(a, b) -> bool:
-    return a.shape == b.shape and bool((a == b).all())
