@@ -89,7 +89,8 @@ def fed_row(args, row: str, target_data: Path, teacher: Path, tgt: str, seed: in
     shutil.rmtree(out.parent / f"{out.name}_sites", ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = simulate_command(row, data=target_data, teacher=teacher, target=tgt, sites=args.sites, rounds=args.rounds,
-                           seed=seed, out=out, cache=args.cache, sets=args.set, cpus=args.cpus)
+                           seed=seed, out=out, cache=args.cache, sets=args.set, cpus=args.cpus,
+                           engine=args.engine)
     print("+", " ".join(cmd), flush=True)
     env = dict(os.environ, OMP_NUM_THREADS="1") if args.jobs > 1 else None
     log = out.parent / f"{row}.log"
@@ -99,7 +100,7 @@ def fed_row(args, row: str, target_data: Path, teacher: Path, tgt: str, seed: in
         tail = log.read_text(errors="replace").splitlines()[-15:]
         raise SystemExit(f"{row}: fedgckd simulate exited {rc} (log {log}):\n" + "\n".join(tail))
     res = read_run(out, evaluate_heads(load_checkpoint(out / "model").heads, t_eval))
-    res["settings"] = {"sites": args.sites, "rounds": args.rounds, "set": list(args.set)}
+    res["settings"] = {"sites": args.sites, "rounds": args.rounds, "set": list(args.set), "engine": args.engine}
     print(f"  seed {seed} {row:28s} R1 {res['R1']:6.2f} mAP {res['mAP']:6.2f} epsilon {res.get('epsilon')}", flush=True)
     return res
 
@@ -181,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
                          "benchmarks/results/grouped_dp_parts) where it ran them with this teacher; run the rest")
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--cpus", type=int, default=None, help="simulate --cpus")
+    ap.add_argument("--engine", choices=("ray", "inprocess"), default="ray",
+                    help="simulate --engine: inprocess runs the sites one after another in one process (no Ray actors)")
     ap.add_argument("--jobs", type=int, default=1, help="federations run side by side (one torch thread each)")
     ap.add_argument("--merge", action="store_true", help="merge the test parts into federated.json, .md and .svg")
     args = ap.parse_args(argv)

@@ -36,7 +36,8 @@ ROWS = CENTRAL_ROWS + tuple(FED_ROWS)
 
 
 def simulate_command(row: str, *, data: Path, teacher: Path, target: str, sites: int, rounds: int, seed: int,
-                     out: Path, cache: Path | None = None, sets: list[str] = (), cpus: int | None = None) -> list[str]:
+                     out: Path, cache: Path | None = None, sets: list[str] = (), cpus: int | None = None,
+                     engine: str = "ray") -> list[str]:
     """The `fedgckd simulate` command line of a federated row (a Dirichlet partition over identities, delta 1e-5)."""
     if row not in FED_ROWS:
         raise KeyError(f"{row!r} is not a federated row; federated rows: {', '.join(FED_ROWS)}")
@@ -51,6 +52,8 @@ def simulate_command(row: str, *, data: Path, teacher: Path, target: str, sites:
         cmd += ["--cache", str(cache)]
     if cpus is not None:
         cmd += ["--cpus", str(cpus)]
+    if engine != "ray":
+        cmd += ["--engine", engine]
     for s in sets:
         cmd += ["--set", s]
     return cmd

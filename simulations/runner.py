@@ -143,6 +143,19 @@ def record_level_noise(cfg: FedConfig, heads, site_records: list[int]) -> dict:
             "noise_to_clip": [aggregate_noise_to_clip(sigma, d, b) for b in batches]}
 
 
+def _run_ray(cfg: FedConfig, on_round: Progress | None, num_cpus: int | None, verbose: bool) -> None:
+    from flwr.simulation import run_simulation
+
+    from client.app import build_app as build_client
+    from server.app import build_app as build_server
+
+    overrides = cfg.to_run_config()
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+               "init_args": {"num_cpus": int(num_cpus or min(os.cpu_count() or 1, cfg.sites)), "log_to_driver": verbose}}
+    run_simulation(server_app=build_server(overrides, on_round), client_app=build_client(overrides),
+                   num_supernodes=cfg.sites, backend_config=backend)
+
+
 class _null:
     def __enter__(self):
         return None
@@ -151,29 +164,32 @@ class _null:
         return False
 
 
+ENGINES = ("ray", "inprocess")
+
+
 def simulate(cfg: FedConfig, on_round: Progress | None = None, num_cpus: int | None = None,
-             verbose: bool = True) -> dict:
+             verbose: bool = True, engine: str = "ray") -> dict:
     """Run the federation; returns metrics.json's content. Raises SimulationFailed if the run left no result.
 
     verbose=False: Flower's console log at WARNING, and the sites' (Ray actors') output not forwarded.
+    engine: "ray" (Flower's simulation engine: sites run side by side in Ray actors, up to ``num_cpus`` at once) or
+    "inprocess" (`simulations.inprocess`: the same ServerApp and ClientApp, sites one after another in this process;
+    no actor start-up, so on a machine with few cores it finishes a run sooner; ``num_cpus`` is not used).
     """
-    from flwr.simulation import run_simulation
-
+    if engine not in ENGINES:
+        raise ValueError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
     quiet_flower_log(verbose)
-
-    from client.app import build_app as build_client
-    from server.app import build_app as build_server
-
     cfg.validate()
     out = Path(cfg.out_dir)
     for stale in ("metrics.json", "ledger.json") if not cfg.resume else ():  # a resumed run continues them
         (out / stale).unlink(missing_ok=True)
-    overrides = cfg.to_run_config()
     t0, started = time.perf_counter(), time.time()
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-               "init_args": {"num_cpus": int(num_cpus or min(os.cpu_count() or 1, cfg.sites)), "log_to_driver": verbose}}
-    run_simulation(server_app=build_server(overrides, on_round), client_app=build_client(overrides),
-                   num_supernodes=cfg.sites, backend_config=backend)
+    if engine == "inprocess":
+        from simulations.inprocess import run_inprocess
+
+        run_inprocess(cfg, on_round=on_round)
+    else:
+        _run_ray(cfg, on_round, num_cpus, verbose)
     wall = time.perf_counter() - t0
     metrics_file = out / "metrics.json"
     model = out / "model" / "config.json"

@@ -1,8 +1,8 @@
 """A second run over one state folder: refused without --force, honest with it (issue 20, items 1 and 2).
 
-The federation runs through `fedgckd simulate` with the engine swapped for the
-in-process one (`simulations.inprocess`: the real ServerApp and ClientApp, no
-Ray), so the command's own checks, exit status and audit are what is tested.
+The federation runs through `fedgckd simulate --engine inprocess`
+(`simulations.inprocess`: the real ServerApp and ClientApp, no Ray), so the
+command's own checks, exit status and audit are what is tested.
 The ground truth is each site's own ledger file on its disk.
 """
 
@@ -25,31 +25,18 @@ pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in 
 TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
 
 
-def inprocess_engine(cfg, on_round=None, num_cpus=None, verbose=True) -> dict:
-    """Stands in for `simulations.runner.simulate`: same stale-file rule, same return value (metrics.json)."""
-    from simulations.inprocess import run_inprocess
-
-    out = Path(cfg.out_dir)
-    for stale in ("metrics.json", "ledger.json"):
-        (out / stale).unlink(missing_ok=True)
-    run_inprocess(cfg, on_round=on_round)
-    return {**json.loads((out / "metrics.json").read_text()), "wall_s": 0.0}
-
-
 def simulate(bench, out: Path, *extra: str):
     from fedgckd.cli import app
 
     args = ["simulate", "--data", str(bench.data), "--teacher", str(bench.teacher), "--target", TARGET,
             "--sites", "2", "--rounds", "2", "--out", str(out), "--cache", str(bench.cache), "--local-steps", "2",
             "--sample-rate", "0.5", "--privacy", "record", "--epsilon", "8", "--set", "anchors=64",
-            "--set", "prototypes=4", "--set", "batch-size=8", "--set", "site-wait=0.2", *extra]
+            "--set", "prototypes=4", "--set", "batch-size=8", "--set", "site-wait=0.2", "--engine", "inprocess",
+            *extra]
     return CliRunner().invoke(app, args)
 
 
-def test_a_second_run_over_the_same_state_folder(tmp_path, monkeypatch):
-    import simulations.runner
-
-    monkeypatch.setattr(simulations.runner, "simulate", inprocess_engine)
+def test_a_second_run_over_the_same_state_folder(tmp_path):
     bench, out = shared_bench(), tmp_path / "run"
     first = simulate(bench, out)
     assert first.exit_code == 0, first.output
@@ -93,6 +80,8 @@ def test_simulate_refuses_an_existing_run_folder_without_running(tmp_path):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2 and "already holds a run (ledger.json)" in res.output
     assert f"--resume {out}" in " ".join(res.output.split())
+    unknown = CliRunner().invoke(app, args + ["--state-dir", str(tmp_path / "fresh"), "--engine", "threads"])
+    assert unknown.exit_code == 2 and "--engine 'threads'" in unknown.output and "inprocess" in unknown.output
     # a new state folder means fresh site ledgers: allowed past this check (then the missing data stops it)
     fresh = CliRunner().invoke(app, args + ["--state-dir", str(tmp_path / "fresh")])
     assert fresh.exit_code == 2 and "already holds a run" not in fresh.output

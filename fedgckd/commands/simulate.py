@@ -49,6 +49,7 @@ def simulate(
     preset: Path = typer.Option(None, "--config", help="A TOML file of run-config keys (e.g. simulations/configs/*.toml); options given on the command line win."),
     setting: list[str] = typer.Option([], "--set", help="Any other run-config key, as KEY=VALUE (repeatable)."),
     cpus: int = typer.Option(None, "--cpus", help="CPUs for the simulation engine (default: min(cores, sites))."),
+    engine: str = typer.Option("ray", "--engine", help="ray (Flower's simulation engine, sites side by side) or inprocess (the same apps, sites one after another in this process: no actor start-up, sooner on a few cores)."),
     cache: Path = typer.Option(None, "--cache", help=CACHE_HELP),
     verbose: bool = typer.Option(False, "--verbose", help="Show Flower's INFO log."),
     force: bool = typer.Option(False, "--force", help="Overwrite the run already in --out (its model, metrics, ledger and audit). The sites' ledgers continue: what the earlier run spent still counts."),
@@ -57,10 +58,13 @@ def simulate(
     from common.federation.config import FedConfig
     from fedgckd.commands.audit import write_run_audit
     from fedgckd.commands.run_folder import existing_run_refusal, run_failure
-    from simulations.runner import SimulationFailed, prepare, resume_config, simulate as run
+    from simulations.runner import ENGINES, SimulationFailed, prepare, resume_config, simulate as run
 
     if resume is None and None in (data, teacher, target, out):
         console.print("[bold red]error:[/] --data, --teacher, --target and --out are required (or --resume RUN_DIR)")
+        raise typer.Exit(2)
+    if engine not in ENGINES:
+        console.print(f"[bold red]error:[/] --engine {engine!r}: expected one of {', '.join(ENGINES)}")
         raise typer.Exit(2)
     if resume is None:
         refusal = existing_run_refusal(out, state_dir, force)
@@ -97,7 +101,8 @@ def simulate(
         try:
             with progress_bar(f"federation ({cfg.privacy}, {cfg.mode})") as bar:
                 bar(done, cfg.rounds)
-                result = run(cfg, on_round=lambda r, n, i: bar(r, n, i), num_cpus=cpus, verbose=verbose)
+                result = run(cfg, on_round=lambda r, n, i: bar(r, n, i), num_cpus=cpus, verbose=verbose,
+                             engine=engine)
         except SimulationFailed as ex:
             console.print(f"[bold red]simulation failed:[/] {ex}")
             write_run_audit(out)  # the privacy spent by the rounds that did run
