@@ -118,6 +118,7 @@ def run_part(args) -> list[Path]:
         for seed in args.seeds:
             t0 = time.perf_counter()
             stem = f"{args.profile}_{src}_{tgt}_s{seed}" + ("" if args.split == "test" else f"_{args.split}")
+            stem += f"_{args.tag}" if args.tag else ""
             teacher_dir = teacher_for(args, bb, data, src, seed, s_train, s_val)
             teacher = load_checkpoint(teacher_dir).heads
             bank = PublicBank.from_source(s_train, 2048, seed=seed)
@@ -185,8 +186,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--engine", choices=("ray", "inprocess"), default="ray",
                     help="simulate --engine: inprocess runs the sites one after another in one process (no Ray actors)")
     ap.add_argument("--jobs", type=int, default=1, help="federations run side by side (one torch thread each)")
+    ap.add_argument("--tag", default="", help="val only: a suffix of the part's and run folder's names, so that each "
+                    "setting studied keeps its own part (a val part is otherwise replaced by the next val call)")
     ap.add_argument("--merge", action="store_true", help="merge the test parts into federated.json, .md and .svg")
     args = ap.parse_args(argv)
+    if args.tag and args.split == "test":
+        ap.error("--tag names val studies; test parts are merged into the table by (profile, pair, seed)")
     if args.merge:
         write_merged()
     else:

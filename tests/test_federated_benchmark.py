@@ -53,6 +53,18 @@ def test_each_federated_row_runs_simulate_as_its_name_says(row, tmp_path):
     assert f["--partition"] == "dirichlet" and f["--out"] == str(tmp_path / "run")
     assert f["--state-dir"] != f["--out"] and not f["--state-dir"].startswith(f["--out"] + "/")
     assert f["--set"] == ["server-optimizer=fedavgm", "anchors=64"]
+    assert "--engine" not in f, "Ray, simulate's own default, unless asked"
+    inproc = flags(simulate_command(row, data=Path("d"), teacher=Path("t"), target="x", sites=2, rounds=1, seed=0,
+                                    out=tmp_path / "run", engine="inprocess"))
+    assert inproc["--engine"] == "inprocess"
+
+
+def test_a_tag_names_val_studies_only(capsys):
+    import federated
+
+    with pytest.raises(SystemExit):
+        federated.main(["--split", "test", "--tag", "x"])
+    assert "--tag names val studies" in capsys.readouterr().err
 
 
 def test_the_row_table_is_the_issues_and_a_central_row_is_not_simulated():
