@@ -39,7 +39,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client import faults, site_data
-from common.federation import adapters, outbound
+from common.federation import adapters, outbound, update_codec
 from common.federation.config import FedConfig
 from common.federation.payload import unpack_teacher
 from common.federation.site_settings import resolve_settings
@@ -121,7 +121,7 @@ def handle_train(msg: Message, context: Context, overrides: Mapping[str, Any] | 
         led = open_ledger(settings, cfg)
         check_continuity(led, int(state["ledger-entries"]))
     except LedgerError as ex:  # corrupt, rolled back, or a budget raised from outside: fail closed
-        return _reply(msg, base, metrics, outbound.REFUSED, str(ex), expected, cfg)
+        return _reply(msg, base, metrics, outbound.REFUSED, str(ex), expected, cfg, base)
     run_key = str(config.get("run-key", ""))
     last_round = max(int(state["last-round"]), site_data.last_charged_round(settings.state_dir, run_key))
     plan = plan_round(led, cfg, server_round, config, last_round)
@@ -131,7 +131,7 @@ def handle_train(msg: Message, context: Context, overrides: Mapping[str, Any] | 
         # a refused round spent nothing; the next one charges from the last spend
         _remember(state, led, None, settings, run_key)
         metrics.update(led.to_metrics(server_round, run_key))
-        return _reply(msg, base, metrics, outbound.REFUSED, plan.reason, expected, cfg)
+        return _reply(msg, base, metrics, outbound.REFUSED, plan.reason, expected, cfg, base)
     site = site_data.site_features(settings, cfg, t_config["backbone"])  # loading data releases nothing
     if cfg.privacy == "record" and last_round == 0:  # the site's first round: say, on the site's own log only, how loud
         _note_noise(settings.site, plan.dp_sgd_noise, sum(int(np.prod(s)) for s in expected.values()), cfg, site.n_images)
@@ -159,7 +159,7 @@ def handle_train(msg: Message, context: Context, overrides: Mapping[str, Any] | 
     if cfg.privacy == "none":
         metrics.update({"loss": float(result.loss), "records": int(site.n_images)})
     metrics["num-examples"] = int(site.n_images) if cfg.privacy == "none" else 1
-    return _reply(msg, update, metrics, outbound.TRAINED, "", expected, cfg)
+    return _reply(msg, update, metrics, outbound.TRAINED, "", expected, cfg, base)
 
 
 def _note_noise(site: str, sigma: float, trained: int, cfg: FedConfig, records: int) -> None:
@@ -184,14 +184,18 @@ def _remember(state: ConfigRecord, led, spent_round: int | None, settings, run_k
 
 
 def _reply(msg: Message, arrays: dict[str, np.ndarray], metrics: dict, status: int, reason: str,
-           expected: dict[str, tuple], cfg: FedConfig) -> Message:
+           expected: dict[str, tuple], cfg: FedConfig, reference: dict[str, np.ndarray]) -> Message:
+    """The reply: ``arrays`` (the site's trained numbers) in the run's update codec, measured from ``reference``."""
+    seed = [cfg.seed, int(metrics.get("site", 0)), int(metrics.get("server-round", 0))]  # rounding draws, not DP noise
+    arrays = update_codec.encode(arrays, reference, cfg.update_codec, np.random.default_rng(seed))
+    expected = update_codec.reply_shapes(expected, cfg.update_codec)
     metrics = {**metrics, "status": status}
     metrics.setdefault("num-examples", 1)
     status_rec = {"status": outbound.STATUS_NAMES[status], "reason": reason[: outbound.MAX_REASON]}
     shapes = {k: tuple(np.asarray(v).shape) for k, v in arrays.items()}
     outbound.ensure_allowed(shapes, metrics, status_rec, expected, cfg.privacy)  # fail closed: nothing else leaves
     content = RecordDict({
-        "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()}),
+        "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}),
         "metrics": MetricRecord(metrics),
         "status": ConfigRecord(status_rec),
     })

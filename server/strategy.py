@@ -63,6 +63,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
 
 from common.federation.adapters import BASES, fold, rank_of
+from common.federation import update_codec
 from common.federation.config import FedConfig
 from common.federation.outbound import REFUSED
 from common.federation.server_optimizer import ServerOptimizer
@@ -220,6 +221,13 @@ class FedGCKD(FedAvg):
                 rejected += 1
                 continue
             update = {k: v.numpy() for k, v in next(iter(content.array_records.values())).items()}
+            try:
+                update = update_codec.decode(update, self.reference, self.cfg.update_codec)
+            except ValueError as ex:
+                self.log.event(server_round, site, "rejected", f"update-codec={self.cfg.update_codec}: {ex}"[:500])
+                log.warning("round %d: rejected the update of %s: %s", server_round, site, ex)
+                rejected += 1
+                continue
             verdict = validate_update(update, self.reference, bound)
             if not verdict.ok:
                 self.log.event(server_round, site, "rejected", verdict.reason)

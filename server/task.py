@@ -62,7 +62,7 @@ class ServerTask:
                 bases_b = array_bytes(self.round_bases(self.student_arrays()))
             except ValueError as ex:
                 raise ConfigError(f"train-params={cfg.train_params!r}: {ex}") from None
-        self.sizes = size_report(self.backbone, self.teacher, self.names, self.update, bases_b)
+        self.sizes = size_report(self.backbone, self.teacher, self.names, self.update, bases_b, cfg.update_codec)
         self.source = {"domain": source, "anchors": int(len(self.bank.image_feats))}
         self._payload = None
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from common.federation.server_optimizer import AUTO_LR, KINDS as SERVER_OPTIMIZERS, ServerOptSettings
+from common.federation.update_codec import CODECS
 
 PRIVACY_MODES = ("none", "record", "site")
 LOSS_MODES = ("full", "per-record", "grouped")
@@ -62,6 +63,9 @@ class FedConfig:
     train_params: str = "last"  # "last" (last Linear of each head), "all", "norms+biases", comma-separated name
     # prefixes, or "lowrank:R" / "lowrank:R+biases" (record-level grouped mode: rank-R adapters in a public subspace,
     # only the B's travel back; common/federation/adapters.py)
+    update_codec: str = "float32"  # how a site's reply travels: float32, or int8 (the update from the broadcast with
+    # one scale per row, stochastic rounding: a quarter of the bytes, unbiased; common/federation/update_codec.py).
+    # float32 by default: exact, and `last` (1.05 MB) is already within 2% of the full model; int8 is for `all`
     partition: str = "dirichlet"  # non-IID by default
     alpha: float = 0.5  # Dirichlet concentration; 0.5 is the usual "clearly non-IID" setting
     # --- privacy ---
@@ -177,6 +181,10 @@ class FedConfig:
                 "private records (graph edges, in-batch negatives, queue), so the DP-SGD guarantee would not hold; "
                 "use mode=grouped (the graph inside small groups, group clipping), or privacy=site for the full graph")
         self._check_low_rank()
+        _one_of("update-codec", self.update_codec, CODECS)
+        if self.update_codec != "float32" and self.privacy == "site":
+            raise ConfigError(f"update-codec={self.update_codec} with privacy=site: the server's site-level clipping "
+                              "needs the float update itself; use update-codec=float32")
         checks = [
             ("sites", self.sites >= 1), ("rounds", self.rounds >= 1), ("local-steps", self.local_steps >= 1),
             ("sites-per-round", 0 <= self.sites_per_round <= self.sites),

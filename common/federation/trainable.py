@@ -168,19 +168,21 @@ def trunk_bytes(backbone) -> int:
 
 
 def size_report(backbone, heads: DualHeads, names: list[str], update: dict[str, tuple] | None = None,
-                extra_broadcast_bytes: int = 0) -> dict:
+                extra_broadcast_bytes: int = 0, codec: str = "float32") -> dict:
     """Bytes of the model and of what travels. ``names``: the broadcast student's parameters; ``update``: name ->
-    shape of a site's reply (float32) when it differs from ``names`` (``lowrank:R``); ``extra_broadcast_bytes``:
-    what else a train message carries (the low-rank bases)."""
+    shape of a site's trained numbers when it differs from ``names`` (``lowrank:R``); ``extra_broadcast_bytes``:
+    what else a train message carries (the low-rank bases); ``codec``: how a reply travels (`update_codec`)."""
+    from common.federation.update_codec import reply_bytes
+
     heads_b = int(sum(t.numel() * t.element_size() for t in heads.state_dict().values()))
     down = array_bytes(get_arrays(heads, names)) + int(extra_broadcast_bytes)
     if update is None:
         update = {n: tuple(a.shape) for n, a in get_arrays(heads, names).items()}
     numbers = int(sum(int(np.prod(s)) for s in update.values()))
-    update_b = 4 * numbers  # float32 on the wire
+    update_b = reply_bytes(update, codec)  # on the wire: 4 bytes a number, or int8 plus a float32 scale per row
     full = trunk_bytes(backbone) + heads_b
     return {"trunk_bytes": full - heads_b, "heads_bytes": heads_b, "full_model_bytes": full,
-            "update_bytes": update_b, "update_fraction_of_full_model": update_b / full,
+            "update_bytes": update_b, "update_fraction_of_full_model": update_b / full, "update_codec": codec,
             "broadcast_bytes": down, "trainable_parameters": numbers, "trainable_names": list(update)}
 
 
