@@ -33,6 +33,9 @@ FED_ROWS: dict[str, tuple[str, str, float | None]] = {
     "fed_full_site_eps8": ("full", "site", 8.0),
 }
 ROWS = CENTRAL_ROWS + tuple(FED_ROWS)
+# row -> the simulate preset (`--config`) it runs with: the no-privacy federation runs as a user of the no-dp preset
+# would (its settings were chosen on val: docs/federation.md); `--set` keys still win over it
+PRESETS = {"fed_full_none": Path(__file__).resolve().parents[1] / "simulations" / "configs" / "no-dp.toml"}
 
 
 def simulate_command(row: str, *, data: Path, teacher: Path, target: str, sites: int, rounds: int, seed: int,
@@ -48,6 +51,8 @@ def simulate_command(row: str, *, data: Path, teacher: Path, target: str, sites:
            "--state-dir", str(out.parent / f"{out.name}_sites")]
     if epsilon is not None:
         cmd += ["--epsilon", f"{epsilon:g}"]
+    if row in PRESETS:
+        cmd += ["--config", str(PRESETS[row])]
     if cache is not None:
         cmd += ["--cache", str(cache)]
     if cpus is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,15 @@ def test_each_federated_row_runs_simulate_as_its_name_says(row, tmp_path):
     assert f["--state-dir"] != f["--out"] and not f["--state-dir"].startswith(f["--out"] + "/")
     assert f["--set"] == ["server-optimizer=fedavgm", "anchors=64"]
     assert "--engine" not in f, "Ray, simulate's own default, unless asked"
+    if row == "fed_full_none":  # the no-privacy federation runs the shipped no-dp preset, which says the same
+        assert f["--config"].endswith("simulations/configs/no-dp.toml") and Path(f["--config"]).exists()
+        preset = tomllib.loads(Path(f["--config"]).read_text())["run-config"]
+        assert (preset["mode"], preset["privacy"]) == (mode, privacy)
+        from common.federation.config import FedConfig
+
+        FedConfig.from_run_config(preset).validate()  # every key of the preset is a valid run-config key
+    else:
+        assert "--config" not in f
     inproc = flags(simulate_command(row, data=Path("d"), teacher=Path("t"), target="x", sites=2, rounds=1, seed=0,
                                     out=tmp_path / "run", engine="inprocess"))
     assert inproc["--engine"] == "inprocess"
