@@ -130,16 +130,34 @@ def test_same_epsilon_other_delta_is_named():
     assert "record-level epsilon 8 (delta 1e-6, RDP) differs from the measured budget" in est.text
 
 
-@pytest.mark.parametrize("records,size", [([180] * TEN, "about 180"), ([1800] * TEN, "about 1,800"),
-                                          ([50] * TEN, "fewer than 180"), ([20_000] * TEN, "more than 1,800")])
+@pytest.mark.parametrize("records,size,low", [([180] * TEN, "about 180", True), ([1800] * TEN, "about 1,800", False),
+                                              ([50] * TEN, "fewer than 180", True),
+                                              ([20_000] * TEN, "more than 1,800", False)])
 @pytest.mark.parametrize("train_params", ["last", "all"])
-def test_grouped_mode_says_it_has_no_federated_measurement(records, size, train_params):
+def test_grouped_mode_shows_its_federated_measurement_then_per_record_modes(records, size, low, train_params):
     est = estimate(records, 8.0, "grouped", train_params)
     assert size in est.text
-    assert "grouped mode has no federated measurement yet; for per-record mode (image head only)" in est.text
+    g = eo.GROUPED
+    assert (f"grouped mode, measured in one federation of ten sites (median 1,494 records, flat->outline, "
+            f"record-level epsilon 8), ended at test R1 {g.r1:.1f} against direct transfer's {g.direct_r1:.1f}") in est.text
+    assert "benchmarks/results/federated.json); for per-record mode (image head only)" in est.text
     # grouped trains both heads, so neither per-record row is its own: both are shown
     assert "with train-params last" in est.text and "with train-params all" in est.text
-    assert not est.low  # no measured figure for this mode to warn with
+    # yellow where the measured grouped federation had sites this size or larger and kept little (median 1,494)
+    assert est.low == (low and g.share < eo.LOW_SHARE)
+    assert not estimate(records, 16.0, "grouped", train_params).low, "more budget than measured: no warning colour"
+
+
+def test_the_grouped_measurement_equals_the_benchmark_file():
+    d = json.loads((RESULTS.parent / "federated.json").read_text())
+    rows = d["runs"]["sites"]["flat->outline"]
+    row, g = rows["fed_grouped_record_eps8"], eo.GROUPED
+    assert (g.r1, g.direct_r1, g.epsilon) == (row["R1"], rows["direct"]["R1"], round(row["epsilon"]))
+    assert g.share == d["share_of_central_gain"]["sites"]["flat->outline"]["fed_grouped_record_eps8"]
+    assert tuple(row["seeds"]) == g.seeds and row["delta"] == eo.MEASURED_DELTA
+    assert row["epsilon_unit"] == "record" and row["accountant"].upper() == eo.MEASURED_ACCOUNTANT
+    sites = json.loads((RESULTS.parent / "federated_parts" / "sites_flat_outline_s0.json").read_text())
+    assert sites["rows"]["fed_grouped_record_eps8"]["epsilon"] <= 8.0
 
 
 def test_an_unmeasured_train_params_shows_both_measured_sets():

@@ -57,6 +57,29 @@ def test_a_grouped_site_trains_both_heads_and_ledgers_group_clipping(tmp_path):
     assert 0 < led.epsilon() <= task.cfg.epsilon
 
 
+def test_grouped_mode_without_privacy_trains_the_same_construction_noiselessly(tmp_path, monkeypatch):
+    """`--mode grouped --privacy none` (the benchmark's fed_grouped_none): every site used to fail with adapt's
+    "grouped mode runs whole schedules on one machine". Now each site runs the grouped round with noise 0."""
+    from common.federation import local_round
+    from test_fed_client import ctx, query, server, train
+
+    seen = []
+    real = local_round._grouped_round
+    monkeypatch.setattr(local_round, "_grouped_round", lambda *a, **k: seen.append(a[6]) or real(*a, **k))
+    bench = shared_bench()
+    rc = bench.run_config(tmp_path, privacy="none", mode="grouped", **{"group-size": 3})
+    task = server(bench, rc)
+    context = ctx(rc)
+    client_app(query(task), context)
+    reply = client_app(train(task), context)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    assert dict(reply.content["metrics"])["status"] == 0 and seen == [0.0], "the grouped round ran, without noise"
+    sent = {k: v.numpy() for k, v in reply.content["arrays"].items()}
+    start = task.student_arrays()
+    assert any(not (sent[k] == start[k]).all() for k in start), "the site trained"
+    assert any(k.startswith("text_head.") and not (sent[k] == start[k]).all() for k in start), "both heads train"
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")

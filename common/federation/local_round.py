@@ -94,8 +94,9 @@ def run_local_round(student: DualHeads, teacher: DualHeads, anchor_images: torch
     set_trainable(student, names)
     bank = FixedAnchors(anchor_images, anchor_texts)
     acfg = adapt_config(cfg, seed)
-    if cfg.privacy == "record" and cfg.loss_mode == "grouped":
-        return _grouped_round(student, teacher, anchor_images, anchor_texts, site, cfg, dp_sgd_noise, gen, names, seed)
+    if cfg.loss_mode == "grouped":  # without record-level DP: the same groups and clipping, no noise (its ceiling)
+        sigma = dp_sgd_noise if cfg.privacy == "record" else 0.0
+        return _grouped_round(student, teacher, anchor_images, anchor_texts, site, cfg, sigma, gen, names, seed)
     if cfg.privacy != "record":
         trained, log = adapt(teacher, site, bank, acfg, student=student, steps=cfg.local_steps)
         return LocalResult(get_arrays(trained, names), [], float(log["epochs"][-1]["loss"]) if log["epochs"] else float("nan"))
@@ -116,7 +117,8 @@ def run_local_round(student: DualHeads, teacher: DualHeads, anchor_images: torch
 
 def _grouped_round(student: DualHeads, teacher: DualHeads, anchor_images: torch.Tensor, anchor_texts: torch.Tensor,
                    site: FeatureSet, cfg: FedConfig, sigma: float, gen: torch.Generator, names: list[str], seed: int) -> LocalResult:
-    """Grouped mode under record-level DP: this round's DP prototypes, then ``local-steps`` group-clipped steps."""
+    """Grouped mode: this round's DP prototypes, then ``local-steps`` group-clipped steps (noise ``sigma``: 0 unless
+    record-level DP; its spends are then not charged, the ledger being record-level only)."""
     n = site.n_images
     teacher = teacher.eval()
     views = record_views(teacher, site)
