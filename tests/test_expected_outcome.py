@@ -140,7 +140,7 @@ def test_grouped_mode_shows_its_federated_measurement_then_per_record_modes(reco
     g = eo.GROUPED
     assert (f"grouped mode, measured in one federation of ten sites (median 1,494 records, flat->outline, "
             f"record-level epsilon 8), ended at test R1 {g.r1:.1f} against direct transfer's {g.direct_r1:.1f}") in est.text
-    assert "benchmarks/results/federated.json); for per-record mode (image head only)" in est.text
+    assert f"{eo.GROUPED_SOURCE}); for per-record mode (image head only)" in est.text
     # grouped trains both heads, so neither per-record row is its own: both are shown
     assert "with train-params last" in est.text and "with train-params all" in est.text
     # yellow where the measured grouped federation had sites this size or larger and kept little (median 1,494)
@@ -149,15 +149,17 @@ def test_grouped_mode_shows_its_federated_measurement_then_per_record_modes(reco
 
 
 def test_the_grouped_measurement_equals_the_benchmark_file():
-    d = json.loads((RESULTS.parent / "federated.json").read_text())
-    rows = d["runs"]["sites"]["flat->outline"]
-    row, g = rows["fed_grouped_record_eps8"], eo.GROUPED
-    assert (g.r1, g.direct_r1, g.epsilon) == (row["R1"], rows["direct"]["R1"], round(row["epsilon"]))
-    assert g.share == d["share_of_central_gain"]["sites"]["flat->outline"]["fed_grouped_record_eps8"]
-    assert tuple(row["seeds"]) == g.seeds and row["delta"] == eo.MEASURED_DELTA
-    assert row["epsilon_unit"] == "record" and row["accountant"].upper() == eo.MEASURED_ACCOUNTANT
-    sites = json.loads((RESULTS.parent / "federated_parts" / "sites_flat_outline_s0.json").read_text())
-    assert sites["rows"]["fed_grouped_record_eps8"]["epsilon"] <= 8.0
+    part = json.loads((RESULTS.parents[2] / eo.GROUPED_SOURCE).read_text())
+    rows, g = part["rows"], eo.GROUPED
+    row = rows["fed_grouped_record_eps8"]
+    assert (part["profile"], part["pair"], part["split"], (part["seed"],)) == ("sites", "flat->outline", "test", g.seeds)
+    assert (g.r1, g.direct_r1) == (round(row["R1"], 2), round(rows["direct"]["R1"], 2))
+    gain = rows["central_full"]["R1"] - rows["direct"]["R1"]
+    assert g.share == round((row["R1"] - rows["direct"]["R1"]) / gain, 2)
+    assert g.epsilon == 8.0 and 7.9 < row["epsilon"] <= 8.0 and row["within_budget"]
+    assert row["delta"] == eo.MEASURED_DELTA and row["epsilon_unit"] == "record"
+    assert row["accountant"].upper() == eo.MEASURED_ACCOUNTANT
+    assert row["settings"]["sites"] == 10 and not row["settings"]["set"], "the run config's defaults"
 
 
 def test_an_unmeasured_train_params_shows_both_measured_sets():

@@ -28,7 +28,8 @@ accountant on the spends a site plans, `site_budget.record_spends`), not by
 its budget.
 
 Grouped mode has one federated measurement (``GROUPED``, checked against
-benchmarks/results/federated.json by a test): the `sites` profile's ten
+its test part benchmarks/results/federated_parts/sites_flat_outline_s0.json
+by a test): the `sites` profile's ten
 Dirichlet sites (median 1,494 records), flat->outline, the run config's
 defaults, record-level epsilon 8, delta 1e-5, RDP (`benchmarks/federated.py
 --profile sites --runs fed_grouped_record_eps8`). Grouped runs are shown it,
@@ -72,7 +73,7 @@ MEASURED: tuple[MeasuredRow, ...] = (  # copied from benchmarks/results/site_siz
 
 @dataclass(frozen=True)
 class GroupedFederated:
-    """The federated grouped-mode measurement: benchmarks/results/federated.json, runs.sites["flat->outline"]."""
+    """The federated grouped-mode measurement (GROUPED_SOURCE: the sites profile's flat->outline part, seed 0)."""
     median_records: int  # the median site of the sites profile's Dirichlet split (seed 0)
     epsilon: float  # record-level, delta MEASURED_DELTA, RDP
     r1: float  # fed_grouped_record_eps8, test R1
@@ -81,8 +82,8 @@ class GroupedFederated:
     seeds: tuple[int, ...]
 
 
-GROUPED_SOURCE = "benchmarks/results/federated.json"
-GROUPED = GroupedFederated(1494, 8.0, GROUPED_R1, GROUPED_DIRECT, GROUPED_SHARE, (0,))
+GROUPED_SOURCE = "benchmarks/results/federated_parts/sites_flat_outline_s0.json"
+GROUPED = GroupedFederated(1494, 8.0, 2.33, 6.58, -0.05, (0,))  # central_full 91.92: (2.33 - 6.58) / (91.92 - 6.58)
 
 
 @dataclass(frozen=True)
