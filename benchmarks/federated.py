@@ -100,7 +100,7 @@ def fed_row(args, row: str, target_data: Path, teacher: Path, tgt: str, seed: in
         tail = log.read_text(errors="replace").splitlines()[-15:]
         raise SystemExit(f"{row}: fedgckd simulate exited {rc} (log {log}):\n" + "\n".join(tail))
     res = read_run(out, evaluate_heads(load_checkpoint(out / "model").heads, t_eval))
-    res["settings"] = {"sites": args.sites, "rounds": args.rounds, "set": list(args.set), "engine": args.engine}
+    res["settings"] = {"sites": args.sites, "rounds": args.rounds, "set": list(args.set)}  # not the engine: same apps
     print(f"  seed {seed} {row:28s} R1 {res['R1']:6.2f} mAP {res['mAP']:6.2f} epsilon {res.get('epsilon')}", flush=True)
     return res
 
