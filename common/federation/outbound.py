@@ -2,7 +2,9 @@
 
 A reply may carry
 - one array record: exactly the configured trainable student parameters
-  (names and shapes of the broadcast), nothing else;
+  (names and shapes of the broadcast), nothing else; under ``update-codec=int8``
+  each one's update in int8 followed by its ``#scale`` row scales
+  (`common.federation.update_codec.reply_shapes` gives the expected names);
 - scalar metrics from a fixed list of keys (ints and floats);
 - a status record: ``status`` ("trained" / "refused") and a short ``reason``.
 
