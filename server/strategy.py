@@ -67,7 +67,7 @@ from common.federation import update_codec
 from common.federation.config import FedConfig
 from common.federation.outbound import REFUSED
 from common.federation.server_optimizer import ServerOptimizer
-from common.federation.validation import max_delta_norm, validate_update
+from common.federation.validation import Verdict, max_delta_norm, validate_update
 from common.privacy.ledger import Spend
 from common.privacy.ledger_metrics import from_metrics
 from server.run_log import RunLog
@@ -223,12 +223,9 @@ class FedGCKD(FedAvg):
             update = {k: v.numpy() for k, v in next(iter(content.array_records.values())).items()}
             try:
                 update = update_codec.decode(update, self.reference, self.cfg.update_codec)
-            except ValueError as ex:
-                self.log.event(server_round, site, "rejected", f"update-codec={self.cfg.update_codec}: {ex}"[:500])
-                log.warning("round %d: rejected the update of %s: %s", server_round, site, ex)
-                rejected += 1
-                continue
-            verdict = validate_update(update, self.reference, bound)
+                verdict = validate_update(update, self.reference, bound)
+            except ValueError as ex:  # a malformed codec reply: rejected like any other bad update
+                verdict = Verdict(False, f"update-codec={self.cfg.update_codec}: {ex}"[:500])
             if not verdict.ok:
                 self.log.event(server_round, site, "rejected", verdict.reason)
                 log.warning("round %d: rejected the update of %s: %s", server_round, site, verdict.reason)
