@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import federated  # noqa: E402
 import federated_merge  # noqa: E402
 import federated_rows  # noqa: E402
-from federated_rows import simulate_command  # noqa: E402
+from federated_rows import PRESETS, simulate_command  # noqa: E402
 
 
 def flags(cmd: list[str]) -> dict[str, str]:
@@ -55,10 +55,14 @@ def test_each_federated_row_runs_simulate_as_its_name_says(row, tmp_path):
     assert f["--state-dir"] != f["--out"] and not f["--state-dir"].startswith(f["--out"] + "/")
     assert f["--set"] == ["server-optimizer=fedavgm", "anchors=64"]
     assert "--engine" not in f, "Ray, simulate's own default, unless asked"
-    if row == "fed_full_none":  # the no-privacy federation runs the shipped no-dp preset, which says the same
-        assert f["--config"].endswith("simulations/configs/no-dp.toml") and Path(f["--config"]).exists()
-        preset = tomllib.loads(Path(f["--config"]).read_text())["run-config"]
+    # the no-privacy and the per-record rows run the presets their settings were chosen for on val
+    assert {"fed_full_none", "fed_per_record_record_eps8"} == set(PRESETS)
+    if row in PRESETS:  # these rows run a shipped preset, which says the same mode, privacy and epsilon
+        assert Path(f["--config"]) == PRESETS[row] and PRESETS[row].exists()
+        assert PRESETS[row].parent.parts[-2:] == ("simulations", "configs")
+        preset = tomllib.loads(PRESETS[row].read_text())["run-config"]
         assert (preset["mode"], preset["privacy"]) == (mode, privacy)
+        assert eps is None or float(preset["epsilon"]) == float(eps)
         from common.federation.config import FedConfig
 
         FedConfig.from_run_config(preset).validate()  # every key of the preset is a valid run-config key
