@@ -80,8 +80,9 @@ def test_1800_records_all_and_last():
 
 def test_50_records_is_below_anything_measured():
     est = estimate([40, 50, 60], 8.0, "per_record", "last")
-    assert est.text.startswith("Expected outcome: fewer than 180 records per site (median 50): below anything we "
-                               "measured; at 180 records per site, ")
+    assert est.text.startswith("Expected outcome: per-record mode, measured in one federation of ten sites")
+    assert "(image head only), fewer than 180 records per site (median 50): below anything we measured; at 180 " \
+           "records per site, " in est.text
     assert "measurements, 7% of central GCKD's gain" in est.text
     assert "the share grew with site size (21% at 1,800), so expect less here" in est.text
     assert est.low
@@ -89,8 +90,9 @@ def test_50_records_is_below_anything_measured():
 
 def test_20000_records_is_above_anything_measured():
     est = estimate([20_000] * TEN, 8.0, "per_record", "all")
-    assert est.text.startswith("Expected outcome: more than 1,800 records per site (median 20,000): above anything we "
-                               "measured; at 1,800 records per site, ")
+    assert est.text.startswith("Expected outcome: per-record mode, measured in one federation of ten sites")
+    assert "(image head only), more than 1,800 records per site (median 20,000): above anything we measured; at " \
+           "1,800 records per site, " in est.text
     assert "28% of central GCKD's gain over direct transfer with train-params all" in est.text
     assert "the share grew with site size (-7% at 180), so expect more here, by an amount we have not measured" in est.text
     assert not est.low  # the measured figure is no ceiling for larger sites
@@ -139,8 +141,9 @@ def test_grouped_mode_shows_its_federated_measurement_then_per_record_modes(reco
     assert size in est.text
     g = eo.GROUPED
     assert (f"grouped mode, measured in one federation of ten sites (median 1,494 records, flat->outline, "
-            f"record-level epsilon 8), ended at test R1 {g.r1:.1f} against direct transfer's {g.direct_r1:.1f}") in est.text
-    assert f"{eo.GROUPED_SOURCE}); for per-record mode (image head only)" in est.text
+            f"record-level epsilon 8, the run config's defaults), ended at test R1 {g.r1:.1f} against direct "
+            f"transfer's {g.direct_r1:.1f}") in est.text
+    assert f"{eo.FEDERATED_SOURCE}); for per-record mode (image head only), " in est.text
     # grouped trains both heads, so neither per-record row is its own: both are shown
     assert "with train-params last" in est.text and "with train-params all" in est.text
     # yellow where the measured grouped federation had sites this size or larger and kept little (median 1,494)
@@ -148,10 +151,11 @@ def test_grouped_mode_shows_its_federated_measurement_then_per_record_modes(reco
     assert not estimate(records, 16.0, "grouped", train_params).low, "more budget than measured: no warning colour"
 
 
-def test_the_grouped_measurement_equals_the_benchmark_file():
-    part = json.loads((RESULTS.parents[2] / eo.GROUPED_SOURCE).read_text())
-    rows, g = part["rows"], eo.GROUPED
-    row = rows["fed_grouped_record_eps8"]
+@pytest.mark.parametrize("run", ["GROUPED", "PER_RECORD"])
+def test_the_federated_measurements_equal_the_benchmark_file(run):
+    part = json.loads((RESULTS.parents[2] / eo.FEDERATED_SOURCE).read_text())
+    rows, g = part["rows"], getattr(eo, run)
+    row = rows[g.row]
     assert (part["profile"], part["pair"], part["split"], (part["seed"],)) == ("sites", "flat->outline", "test", g.seeds)
     assert (g.r1, g.direct_r1) == (round(row["R1"], 2), round(rows["direct"]["R1"], 2))
     gain = rows["central_full"]["R1"] - rows["direct"]["R1"]
@@ -159,7 +163,21 @@ def test_the_grouped_measurement_equals_the_benchmark_file():
     assert g.epsilon == 8.0 and 7.9 < row["epsilon"] <= 8.0 and row["within_budget"]
     assert row["delta"] == eo.MEASURED_DELTA and row["epsilon_unit"] == "record"
     assert row["accountant"].upper() == eo.MEASURED_ACCOUNTANT
-    assert row["settings"]["sites"] == 10 and not row["settings"]["set"], "the run config's defaults"
+    assert row["settings"]["sites"] == 10 and not row["settings"]["set"], "no --set: the defaults or the row's preset"
+    assert (g.row == "fed_per_record_record_eps8") == ("preset" in g.setting), "the per-record row runs record-dp.toml"
+
+
+@pytest.mark.parametrize("records,low", [([180] * TEN, True), ([1494] * TEN, True), ([1800] * TEN, False)])
+def test_per_record_mode_shows_its_federated_measurement_then_the_emulated_table(records, low):
+    est = estimate(records, 8.0, "per_record", "all")
+    p = eo.PER_RECORD
+    assert (f"per-record mode, measured in one federation of ten sites (median 1,494 records, flat->outline, "
+            f"record-level epsilon 8, the record-dp preset: the whole image head), ended at test R1 {p.r1:.1f} "
+            f"against direct transfer's {p.direct_r1:.1f}, {round(100 * p.share)}% of central GCKD's gain") in est.text
+    assert f"{eo.FEDERATED_SOURCE}); in an emulated federation of IID sites (image head only), " in est.text
+    # yellow where a measurement at this size or larger kept under a quarter: the federation's 22% at 1,494 records,
+    # the emulated `all` row at 180 (-7%); at 1,800 the emulated `all` row kept 28% and the federation is smaller
+    assert p.share < eo.LOW_SHARE and est.low == low
 
 
 def test_an_unmeasured_train_params_shows_both_measured_sets():

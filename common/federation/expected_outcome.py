@@ -27,13 +27,14 @@ noise actually spends over the planned run (`hand_set_epsilon`: the ledger's
 accountant on the spends a site plans, `site_budget.record_spends`), not by
 its budget.
 
-Grouped mode has one federated measurement (``GROUPED``, checked against
-its test part benchmarks/results/federated_parts/sites_flat_outline_s0.json
-by a test): the `sites` profile's ten
-Dirichlet sites (median 1,494 records), flat->outline, the run config's
-defaults, record-level epsilon 8, delta 1e-5, RDP (`benchmarks/federated.py
---profile sites --runs fed_grouped_record_eps8`). Grouped runs are shown it,
-then per-record mode's table.
+Two real federations are measured (``GROUPED`` and ``PER_RECORD``, checked
+against their test part benchmarks/results/federated_parts/sites_flat_outline_s0.json
+by a test): the `sites` profile's ten Dirichlet sites (median 1,494
+records), flat->outline, record-level epsilon 8, delta 1e-5, RDP
+(`benchmarks/federated.py --profile sites --runs fed_grouped_record_eps8
+fed_per_record_record_eps8`; grouped mode at the run config's defaults,
+per-record mode at the record-dp preset). A run is shown its mode's
+federation, then the emulated per-record table.
 """
 
 from __future__ import annotations
@@ -72,18 +73,30 @@ MEASURED: tuple[MeasuredRow, ...] = (  # copied from benchmarks/results/site_siz
 
 
 @dataclass(frozen=True)
-class GroupedFederated:
-    """The federated grouped-mode measurement (GROUPED_SOURCE: the sites profile's flat->outline part, seed 0)."""
+class FederatedRun:
+    """A measured federation (FEDERATED_SOURCE: the sites profile's flat->outline test part, seed 0)."""
     median_records: int  # the median site of the sites profile's Dirichlet split (seed 0)
     epsilon: float  # record-level, delta MEASURED_DELTA, RDP
-    r1: float  # fed_grouped_record_eps8, test R1
+    r1: float  # the row's test R1
     direct_r1: float
     share: float  # of central_full's gain over direct transfer
     seeds: tuple[int, ...]
+    row: str  # the benchmark row (benchmarks/federated_rows.py)
+    setting: str  # what the row ran, in words
 
 
-GROUPED_SOURCE = "benchmarks/results/federated_parts/sites_flat_outline_s0.json"
-GROUPED = GroupedFederated(1494, 8.0, 2.33, 6.58, -0.05, (0,))  # central_full 91.92: (2.33 - 6.58) / (91.92 - 6.58)
+FEDERATED_SOURCE = GROUPED_SOURCE = "benchmarks/results/federated_parts/sites_flat_outline_s0.json"
+# central_full 91.92: (2.33 - 6.58) / (91.92 - 6.58) and (25.25 - 6.58) / (91.92 - 6.58)
+GROUPED = FederatedRun(1494, 8.0, 2.33, 6.58, -0.05, (0,), "fed_grouped_record_eps8", "the run config's defaults")
+PER_RECORD = FederatedRun(1494, 8.0, 25.25, 6.58, 0.22, (0,), "fed_per_record_record_eps8",
+                          "the record-dp preset: the whole image head")
+
+
+def _federated(name: str, run: FederatedRun) -> str:
+    return (f"{name}, measured in one federation of ten sites (median {_n(run.median_records)} records, "
+            f"flat->outline, record-level epsilon {run.epsilon:g}, {run.setting}), ended at test R1 {run.r1:.1f} "
+            f"against direct transfer's {run.direct_r1:.1f}, {_pct(run.share)} of central GCKD's gain "
+            f"({FEDERATED_SOURCE})")
 
 
 @dataclass(frozen=True)
@@ -203,12 +216,11 @@ def estimate(records_per_site: list[int], epsilon: float, loss_mode: str, train_
             other = hi if used == lo else lo
         after = f"; at {_n(other)} records per site {_short(other, sets)}" if other is not None else ""
 
-    grouped = (f"grouped mode, measured in one federation of ten sites (median {_n(GROUPED.median_records)} records, "
-               f"flat->outline, record-level epsilon {GROUPED.epsilon:g}), ended at test R1 {GROUPED.r1:.1f} against "
-               f"direct transfer's {GROUPED.direct_r1:.1f}, {_pct(GROUPED.share)} of central GCKD's gain "
-               f"({GROUPED_SOURCE}); for per-record mode (image head only) " if mode == "grouped" else "")
-    first = (f"Expected outcome: {where}{grouped}at {about}{_n(used)} records per site, {eps} kept, in our measurements, "
-             f"{_kept(used, sets)}{after}.")
+    fed = _federated("grouped mode" if mode == "grouped" else "per-record mode", GROUPED if mode == "grouped" else PER_RECORD)
+    then = ("for per-record mode (image head only), " if mode == "grouped" else
+            "in an emulated federation of IID sites (image head only), ")
+    first = (f"Expected outcome: {fed}; {then}{where}at {about}{_n(used)} records per site, {eps} kept, in our "
+             f"measurements, {_kept(used, sets)}{after}.")
 
     notes = []
     if mode == "per_record" and spec not in measured_sets:
@@ -240,8 +252,8 @@ def estimate(records_per_site: list[int], epsilon: float, loss_mode: str, train_
     not_more = epsilon <= measured or (noise_multiplier > 0 and math.isclose(epsilon, measured, rel_tol=0.01))
     low = (mode == "per_record" and not_more and median <= sizes[-1] * ABOUT
            and best < LOW_SHARE)  # a figure that this run should not beat, and a small one
-    low = low or (mode == "grouped" and not_more and median <= GROUPED.median_records * ABOUT
-                  and GROUPED.share < LOW_SHARE)  # the same for grouped mode's own measurement
+    own = GROUPED if mode == "grouped" else PER_RECORD  # the same for the mode's own federated measurement
+    low = low or (not_more and median <= own.median_records * ABOUT and own.share < LOW_SHARE)
     return Estimate(f"{first} {second[0].upper()}{second[1:]}.", low)
 
 
