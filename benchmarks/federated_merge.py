@@ -68,6 +68,18 @@ def merge_rows(by_seed: dict[int, dict], where: str) -> dict:
     return out
 
 
+def _share(rows: dict[str, dict[int, dict]], row: str) -> float | None:
+    """The row's share of central_full's R1 gain over direct, all three as means over the row's own seeds (a row run
+    on fewer seeds than the reference rows is compared with their same seeds); None where a seed lacks a reference
+    row or central_full does not beat direct."""
+    seeds = sorted(rows[row])
+    if not all(s in rows.get("direct", {}) and s in rows.get("central_full", {}) for s in seeds):
+        return None
+    mean = lambda r: statistics.fmean(rows[r][s]["R1"] for s in seeds)  # noqa: E731
+    gain = mean("central_full") - mean("direct")
+    return round((mean(row) - mean("direct")) / gain, 3) if gain > 0 else None
+
+
 def merge(parts: list[tuple[Path, dict]]) -> dict:
     """The issue's payload from the test parts (see the module docstring)."""
     if not parts:
@@ -88,10 +100,9 @@ def merge(parts: list[tuple[Path, dict]]) -> dict:
         for pair, rows in sorted(by[profile].items()):
             done = {row: merge_rows(rows[row], ", ".join(names[(profile, pair, row)])) for row in ROWS if row in rows}
             runs[profile][pair] = done
-            if "direct" in done and "central_full" in done and done["central_full"]["R1"] > done["direct"]["R1"]:
-                gain = done["central_full"]["R1"] - done["direct"]["R1"]
-                share[profile][pair] = {r: round((m["R1"] - done["direct"]["R1"]) / gain, 3) for r, m in done.items()
-                                        if r not in ("direct", "central_full")}
+            shares = {r: _share(rows, r) for r in done if r not in ("direct", "central_full")}
+            if any(v is not None for v in shares.values()):
+                share[profile][pair] = {r: v for r, v in shares.items() if v is not None}
     fed = [m for pairs in runs.values() for rows in pairs.values() for r, m in rows.items() if r in FED_ROWS]
     steps = [p["dp_step"] | {"profile": p["profile"], "pair": p["pair"], "seed": p["seed"]} for _, p in parts if p.get("dp_step")]
     return {

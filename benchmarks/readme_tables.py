@@ -96,8 +96,13 @@ def federated(where: str = "README.md") -> str:
     else:
         seeds = sorted({s for rows in pairs.values() for m in rows.values() for s in m["seeds"]})
         n = sorted({m["settings"]["sites"] for rows in pairs.values() for m in rows.values() if "settings" in m})
+        fewer = sorted({tuple(m["seeds"]) for rows in pairs.values() for m in rows.values()} - {tuple(seeds)})
+        over = (f"mean ± std over seeds {', '.join(map(str, seeds))}" if not fewer else
+                f"mean ± std over the seeds each row ran ({', '.join(map(str, seeds))} where a row shows ±; the others "
+                f"{' or '.join(', '.join(map(str, f)) for f in fewer)}; a share compares a row with `direct` and "
+                f"`central_full` of its own seeds)")
         head = (f"**{profile}** profile, {'/'.join(map(str, n)) or '?'} sites (Dirichlet partition); R1 and mAP on the "
-                f"target test split, mean ± std over seeds {', '.join(map(str, seeds))}.")
+                f"target test split, {over}.")
     eps_head = "epsilon per site" + (f" (delta {next(iter(claims))[0]:g}, {next(iter(claims))[1].upper()})" if one else "")
     lines = [head + " Share: of `central_full`'s R1 gain over `direct`.", "",
              "| row | " + " | ".join(f"{p.replace('->', '→')} R1 | mAP | share" for p in pairs) + f" | {eps_head} |",

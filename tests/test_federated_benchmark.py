@@ -125,6 +125,23 @@ def test_merge_gives_hand_computed_means_and_ignores_val_parts(tmp_path):
     assert "7.95 (record-level, delta 1e-05, RDP)" in federated_merge.markdown(out)
 
 
+def test_a_row_on_fewer_seeds_is_compared_with_the_reference_rows_of_its_own_seeds(tmp_path):
+    for seed, (d, c, extra) in enumerate([(10.0, 60.0, {"fed_per_record_record_eps8": _row(20.0, 15.0, 8.0)}),
+                                          (14.0, 70.0, {}), (12.0, 62.0, {})]):
+        _write(tmp_path, f"s{seed}", profile="sites", pair="flat->outline", seed=seed,
+               rows={"direct": _row(d, 1.0), "central_full": _row(c, 1.0), "fed_full_none": _row(c - 5, 1.0)} | extra)
+    out = federated_merge.merge(federated_merge.load_parts(tmp_path))
+    share = out["share_of_central_gain"]["sites"]["flat->outline"]
+    # seed 0 only: (20 - 10) / (60 - 10); against the three-seed means it would read (20 - 12) / (64 - 12)
+    assert share["fed_per_record_record_eps8"] == 0.2
+    # all three seeds: means 12, 64 and 59 -> (59 - 12) / (64 - 12)
+    assert share["fed_full_none"] == round(47 / 52, 3)
+    # a row on a seed without reference rows gets no share
+    _write(tmp_path, "s3", profile="sites", pair="flat->outline", seed=3, rows={"fed_full_site_eps8": _row(1.0, 1.0)})
+    out = federated_merge.merge(federated_merge.load_parts(tmp_path))
+    assert "fed_full_site_eps8" not in out["share_of_central_gain"]["sites"]["flat->outline"]
+
+
 def test_merge_refuses_seeds_that_disagree_on_the_privacy_claim_or_the_settings(tmp_path):
     a = _row(20.0, 15.0, 7.9)
     _write(tmp_path, "a", profile="default", pair="flat->outline", seed=0, rows={"fed_grouped_record_eps8": a})
