@@ -85,7 +85,7 @@ class FederatedRun:
     setting: str  # what the row ran, in words
 
 
-FEDERATED_SOURCE = GROUPED_SOURCE = "benchmarks/results/federated_parts/sites_flat_outline_s0.json"
+FEDERATED_SOURCE = "benchmarks/results/federated_parts/sites_flat_outline_s0.json"
 # central_full 91.92: (2.33 - 6.58) / (91.92 - 6.58) and (25.25 - 6.58) / (91.92 - 6.58)
 GROUPED = FederatedRun(1494, 8.0, 2.33, 6.58, -0.05, (0,), "fed_grouped_record_eps8", "the run config's defaults")
 PER_RECORD = FederatedRun(1494, 8.0, 25.25, 6.58, 0.22, (0,), "fed_per_record_record_eps8",
@@ -216,7 +216,8 @@ def estimate(records_per_site: list[int], epsilon: float, loss_mode: str, train_
             other = hi if used == lo else lo
         after = f"; at {_n(other)} records per site {_short(other, sets)}" if other is not None else ""
 
-    fed = _federated("grouped mode" if mode == "grouped" else "per-record mode", GROUPED if mode == "grouped" else PER_RECORD)
+    own = GROUPED if mode == "grouped" else PER_RECORD  # the mode's own federated measurement
+    fed = _federated("grouped mode" if mode == "grouped" else "per-record mode", own)
     then = ("for per-record mode (image head only), " if mode == "grouped" else
             "in an emulated federation of IID sites (image head only), ")
     first = (f"Expected outcome: {fed}; {then}{where}at {about}{_n(used)} records per site, {eps} kept, in our "
@@ -252,7 +253,6 @@ def estimate(records_per_site: list[int], epsilon: float, loss_mode: str, train_
     not_more = epsilon <= measured or (noise_multiplier > 0 and math.isclose(epsilon, measured, rel_tol=0.01))
     low = (mode == "per_record" and not_more and median <= sizes[-1] * ABOUT
            and best < LOW_SHARE)  # a figure that this run should not beat, and a small one
-    own = GROUPED if mode == "grouped" else PER_RECORD  # the same for the mode's own federated measurement
     low = low or (not_more and median <= own.median_records * ABOUT and own.share < LOW_SHARE)
     return Estimate(f"{first} {second[0].upper()}{second[1:]}.", low)
 
