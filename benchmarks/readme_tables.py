@@ -123,12 +123,36 @@ def federated(where: str = "README.md") -> str:
               f"DP step / non-DP step: {d['dp_step_ratio']}x."]
     rel = lambda name: os.path.relpath(RESULTS / name, (ROOT / where).parent)  # noqa: E731
     more = [f"![test R1 against epsilon]({rel('federated.svg')})"] if (RESULTS / "federated.svg").exists() else []
+    more += [corner(d, other) for other in d["runs"] if other != profile]
     if len(d["runs"]) > 1:
         more.append(f"Every profile and row: [federated.md]({rel('federated.md')}).")
     cmds = d.get("commands", [])
     cmd = f"`{cmds[0]}`" if len(cmds) == 1 else f"{len(cmds)} runs of `benchmarks/federated.py`, then `--merge`"
     lines += ["", " ".join(more + [f"Command: {cmd}; {machine(d)}" + (f", {d['seconds']} s." if "seconds" in d else ".")])]
     return "\n".join(lines) + "\n"
+
+
+CORNER_ROWS = ("fed_full_none", "fed_grouped_none", "fed_grouped_record_eps8", "fed_per_record_record_eps8",
+               "fed_full_site_eps8")  # the federated rows a reported corner names in one sentence (federated.md has all)
+
+
+def corner(d: dict, profile: str) -> str:
+    """One sentence of a profile other than the headline one: test R1 per pair and share of the central gain for
+    `direct`, `central_full` and `CORNER_ROWS`, with the seeds they ran."""
+    pairs, share = d["runs"][profile], d.get("share_of_central_gain", {}).get(profile, {})
+    names = [p.replace("->", "→") for p in pairs]
+    seeds = sorted({s for rows in pairs.values() for m in rows.values() for s in m.get("seeds", [])})
+
+    def r1(row: str) -> str:
+        return " / ".join(f"{rows[row]['R1']:.1f}" if row in rows else "–" for rows in pairs.values())
+
+    def pct(row: str) -> str:
+        return " / ".join(f"{share[p][row]:.0%}" if row in share.get(p, {}) else "–" for p in pairs)
+
+    parts = [f"`{r}` {r1(r)}" for r in ("direct", "central_full") if any(r in rows for rows in pairs.values())]
+    parts += [f"`{r}` {r1(r)} ({pct(r)})" for r in CORNER_ROWS if any(r in rows for rows in pairs.values())]
+    return (f"The **{profile}** profile (test R1 {' / '.join(names)}, share of the gain; seed{'s' * (len(seeds) > 1)} "
+            f"{', '.join(map(str, seeds))}): " + "; ".join(parts) + ".")
 
 
 def scale() -> str:

@@ -266,7 +266,12 @@ def test_the_readme_block_of_a_merged_v2_result(tmp_path, monkeypatch):
     assert "2,000 B of trained numbers (1.00% of the full model's 200,000 B" in block
     assert "![test R1 against epsilon](benchmarks/results/federated.svg)" in block
     assert "[federated.md](../benchmarks/results/federated.md)" in readme_tables.federated("docs/results.md")
-    assert "131.0" not in block  # the default profile's rows are in federated.md, not here
+    # the default profile: one sentence of its key rows (every row in federated.md); direct 110.5 / 111.5, central
+    # 160 / 161, fed 131 / 132 -> the same shares as above
+    assert "| fed_grouped_record_eps8 | 131.0" not in block
+    sh = f"{20.5 / 49.5:.0%}"
+    assert ("The **default** profile (test R1 flat→outline / flat→shaded, share of the gain; seeds 0, 1): `direct` "
+            f"110.5 / 111.5; `central_full` 160.0 / 161.0; `fed_grouped_record_eps8` 131.0 / 132.0 ({sh} / {sh}).") in block
 
 
 def test_central_rows_are_reused_from_grouped_dp_only_for_the_same_teacher(parts_here, monkeypatch, tmp_path):

@@ -28,13 +28,15 @@ accountant on the spends a site plans, `site_budget.record_spends`), not by
 its budget.
 
 Two real federations are measured (``GROUPED`` and ``PER_RECORD``, checked
-against their test part benchmarks/results/federated_parts/sites_flat_outline_s0.json
-by a test): the `sites` profile's ten Dirichlet sites (median 1,494
-records), flat->outline, record-level epsilon 8, delta 1e-5, RDP
+against the merged benchmarks/results/federated.json by a test), each on three
+seeds: the `sites` profile's ten Dirichlet sites (a seed's own split; median
+site 1,494 / 1,568 / 1,884 records for seeds 0 / 1 / 2, from each run's
+``sites:`` line), flat->outline, record-level epsilon 8, delta 1e-5, RDP
 (`benchmarks/federated.py --profile sites --runs fed_grouped_record_eps8
 fed_per_record_record_eps8`; grouped mode at the run config's defaults,
 per-record mode at the record-dp preset). A run is shown its mode's
-federation, then the emulated per-record table.
+federation (mean test R1 over the seeds and the merged share of the central
+gain), then the emulated per-record table.
 """
 
 from __future__ import annotations
@@ -74,29 +76,39 @@ MEASURED: tuple[MeasuredRow, ...] = (  # copied from benchmarks/results/site_siz
 
 @dataclass(frozen=True)
 class FederatedRun:
-    """A measured federation (FEDERATED_SOURCE: the sites profile's flat->outline test part, seed 0)."""
-    median_records: int  # the median site of the sites profile's Dirichlet split (seed 0)
+    """A measured federation on several seeds (FEDERATED_SOURCE: the sites profile's flat->outline rows)."""
+    medians: tuple[int, ...]  # each seed's median site (its own Dirichlet split of the sites profile), seed order
     epsilon: float  # record-level, delta MEASURED_DELTA, RDP
-    r1: float  # the row's test R1
-    direct_r1: float
-    share: float  # of central_full's gain over direct transfer
+    r1: float  # the row's test R1, mean over the seeds
+    direct_r1: float  # direct transfer's, mean over the same seeds
+    share: float  # of central_full's gain over direct transfer, as the merged file states it
     seeds: tuple[int, ...]
     row: str  # the benchmark row (benchmarks/federated_rows.py)
     setting: str  # what the row ran, in words
 
+    @property
+    def median_records(self) -> int:
+        """The largest median site among the measured seeds: a run with sites up to this size is covered."""
+        return max(self.medians[s] for s in self.seeds)
 
-FEDERATED_SOURCE = "benchmarks/results/federated_parts/sites_flat_outline_s0.json"
-# central_full 91.92: (2.33 - 6.58) / (91.92 - 6.58) and (25.25 - 6.58) / (91.92 - 6.58)
-GROUPED = FederatedRun(1494, 8.0, 2.33, 6.58, -0.05, (0,), "fed_grouped_record_eps8", "the run config's defaults")
-PER_RECORD = FederatedRun(1494, 8.0, 25.25, 6.58, 0.22, (0,), "fed_per_record_record_eps8",
+
+FEDERATED_SOURCE = "benchmarks/results/federated.json"
+FEDERATED_PAIR = ("sites", "flat->outline")  # runs[profile][pair] in FEDERATED_SOURCE
+MEDIANS = (1494, 1568, 1884)  # seeds 0 / 1 / 2: the `sites:` line of each seed's run log (flat->outline split)
+GROUPED = FederatedRun(MEDIANS, 8.0, 2.39, 7.47, -0.06, (0, 1, 2), "fed_grouped_record_eps8", "the run config's defaults")
+PER_RECORD = FederatedRun(MEDIANS, 8.0, 26.94, 7.47, 0.231, (0, 1, 2), "fed_per_record_record_eps8",
                           "the record-dp preset: the whole image head")
 
 
 def _federated(name: str, run: FederatedRun) -> str:
-    return (f"{name}, measured in one federation of ten sites (median {_n(run.median_records)} records, "
-            f"flat->outline, record-level epsilon {run.epsilon:g}, {run.setting}), ended at test R1 {run.r1:.1f} "
-            f"against direct transfer's {run.direct_r1:.1f}, {_pct(run.share)} of central GCKD's gain "
-            f"({FEDERATED_SOURCE})")
+    many = len(run.seeds) > 1
+    where = (f"{'three' if len(run.seeds) == 3 else len(run.seeds)} federations of ten sites (seeds "
+             f"{', '.join(map(str, run.seeds))}; median site {_n(min(run.medians[s] for s in run.seeds))}-"
+             f"{_n(max(run.medians[s] for s in run.seeds))} records" if many else
+             f"one federation of ten sites (median {_n(run.medians[run.seeds[0]])} records")
+    return (f"{name}, measured in {where}, flat->outline, record-level epsilon {run.epsilon:g}, {run.setting}), "
+            f"ended at {'a mean test R1 of' if many else 'test R1'} {run.r1:.1f} against direct transfer's {run.direct_r1:.1f}, "
+            f"{_pct(run.share)} of central GCKD's gain ({FEDERATED_SOURCE})")
 
 
 @dataclass(frozen=True)
