@@ -47,8 +47,12 @@ def _plain_steps(heads, pack, targets, crit, cfg, g) -> None:
 
 
 def measure(teacher_heads, site, train_params: str = "last", sample_rate: float = 0.25, steps: int = 20,
-            repeats: int = 3) -> dict:
-    """{"dp_step_s", "plain_step_s", "ratio", ...} for one site's FeatureSet (labels stripped)."""
+            repeats: int = 10) -> dict:
+    """{"dp_step_s", "plain_step_s", "ratio", ...} for one site's FeatureSet (labels stripped).
+
+    Each repeat times both twins back to back and the fastest of each counts. Ten repeats, because at a 180-record
+    site a step takes 7-15 ms and a busy machine moved three-repeat ratios from 1.16 to 1.40-1.63 (the default
+    profile's federated parts, remeasured; benchmarks/results/federated_parts/default_*_s0.json)."""
     pack = RecordPack.from_features(site)
     t, v = embed_featureset(teacher_heads, site)
     targets = teacher_targets(v, pack_texts(t, site.text_to_image, pack))
