@@ -101,14 +101,17 @@ PER_RECORD = FederatedRun(MEDIANS, 8.0, 26.94, 7.47, 0.231, (0, 1, 2), "fed_per_
 
 
 def _federated(name: str, run: FederatedRun) -> str:
-    many = len(run.seeds) > 1
-    where = (f"{'three' if len(run.seeds) == 3 else len(run.seeds)} federations of ten sites (seeds "
-             f"{', '.join(map(str, run.seeds))}; median site {_n(min(run.medians[s] for s in run.seeds))}-"
-             f"{_n(max(run.medians[s] for s in run.seeds))} records" if many else
-             f"one federation of ten sites (median {_n(run.medians[run.seeds[0]])} records")
+    medians = sorted(run.medians[s] for s in run.seeds)
+    if len(run.seeds) == 1:
+        where, ended = f"one federation of ten sites (median {_n(medians[0])} records", "test R1"
+    else:
+        count = "three" if len(run.seeds) == 3 else str(len(run.seeds))
+        where = (f"{count} federations of ten sites (seeds {', '.join(map(str, run.seeds))}; median site "
+                 f"{_n(medians[0])}-{_n(medians[-1])} records")
+        ended = "a mean test R1 of"
     return (f"{name}, measured in {where}, flat->outline, record-level epsilon {run.epsilon:g}, {run.setting}), "
-            f"ended at {'a mean test R1 of' if many else 'test R1'} {run.r1:.1f} against direct transfer's {run.direct_r1:.1f}, "
-            f"{_pct(run.share)} of central GCKD's gain ({FEDERATED_SOURCE})")
+            f"ended at {ended} {run.r1:.1f} against direct transfer's {run.direct_r1:.1f}, {_pct(run.share)} of "
+            f"central GCKD's gain ({FEDERATED_SOURCE})")
 
 
 @dataclass(frozen=True)
