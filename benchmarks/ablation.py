@@ -97,8 +97,9 @@ def run_pair(bb, data: Path, src: str, tgt: str, seed: int, cache, epochs: int, 
             heads, log, led = adapt_grouped_release(teacher, t_train, bank, AdaptConfig(seed=seed, mode="grouped"), eps, DELTA)
             record(f"gckd_grouped_dp_eps{eps}", heads, led.epsilon(), log)
     if "gckd_per_record_dp_eps8" in only:
-        heads, _, led = adapt_per_record_release(teacher, t_train, bank, AdaptConfig(seed=seed, mode="per_record"), 8, DELTA)
+        heads, log, led = adapt_per_record_release(teacher, t_train, bank, AdaptConfig(seed=seed, mode="per_record"), 8, DELTA)
         record("gckd_per_record_dp_eps8", heads, led.epsilon())
+        out["gckd_per_record_dp_eps8"]["train_params"] = log["release"]["train_params"]  # "auto" resolved by size
     if only & {"oracle", "oracle_scratch"}:
         # the ceiling: target identity labels, chosen on target val (labels too); "oracle" starts from the source
         # teacher (the stronger of the two), "oracle_scratch" from fresh heads

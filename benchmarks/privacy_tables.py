@@ -72,13 +72,13 @@ def site_size() -> str:
     return "\n".join(lines) + "\n"
 
 
-def grouped_dp_share(rows: dict) -> str:
-    """`gckd_grouped_dp_eps8`'s share of `gckd_full`'s R1 gain over `direct`, or what is missing for it."""
-    missing = [r for r in ("direct", "gckd_full", "gckd_grouped_dp_eps8") if r not in rows]
+def grouped_dp_share(rows: dict, row: str = "gckd_grouped_dp_eps8") -> str:
+    """``row``'s share of `gckd_full`'s R1 gain over `direct`, or what is missing for it."""
+    missing = [r for r in ("direct", "gckd_full", row) if r not in rows]
     if missing:
         return "(" + ", ".join(f"`{r}`" for r in missing) + " not run yet)"
     base = rows["direct"]["R1"]
-    return f"{round(100 * (rows['gckd_grouped_dp_eps8']['R1'] - base) / (rows['gckd_full']['R1'] - base))}%"  # no "-0%"
+    return f"{round(100 * (rows[row]['R1'] - base) / (rows['gckd_full']['R1'] - base))}%"  # no "-0%"
 
 
 def grouped_dp() -> str:
@@ -105,9 +105,10 @@ def grouped_dp() -> str:
             if m.get("epsilon") is not None:
                 eps.append(m["epsilon"])
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {max(eps):.2f} |" if eps else f"| {name} | " + " | ".join(cells) + " | – |")
-    lines += ["", "Share of `gckd_full`'s R1 gain over `direct` that `gckd_grouped_dp_eps8` keeps: "
-              + "; ".join(f"{prof} {pair.replace('->', '→')} {grouped_dp_share(d['runs'][prof][pair])}" for prof, pair in cols)
-              + "."]
+    for row in ("gckd_grouped_dp_eps8", "gckd_per_record_dp_eps8"):
+        lines += ["", f"Share of `gckd_full`'s R1 gain over `direct` that `{row}` keeps: "
+                  + "; ".join(f"{prof} {pair.replace('->', '→')} {grouped_dp_share(d['runs'][prof][pair], row)}"
+                              for prof, pair in cols) + "."]
     lines += ["", "Commands: one `python benchmarks/grouped_dp.py --profile P --pairs ... --seeds ... --runs ...` per part, "
               f"then `--merge` ([grouped_dp.md](benchmarks/results/grouped_dp.md) lists every command; plot: "
               f"[grouped_dp.svg](benchmarks/results/grouped_dp.svg)); {machine(d)}."]

@@ -111,15 +111,16 @@ def test_grouped_dp_rows_match_the_json_by_a_second_reading():
                 eps.append(m["epsilon"])
         assert cells[-1] == (f"{max(eps):.2f}" if eps else "–"), name
         assert bool(eps) == ("_dp_" in name), name  # only the DP rows claim an epsilon
-    share_line = next(line for line in block.splitlines() if line.startswith("Share of"))
-    for prof, pair in cols:
-        rows_ = data["runs"][prof][pair]
-        label = f"{prof} {pair.replace('->', '→')} "
-        if all(r in rows_ for r in ("direct", "gckd_full", "gckd_grouped_dp_eps8")):
-            d, f, e = (rows_[r]["R1"] for r in ("direct", "gckd_full", "gckd_grouped_dp_eps8"))
-            assert f"{label}{round(100 * (e - d) / (f - d))}%" in share_line, (prof, pair)
-        else:
-            assert f"{label}(" in share_line and "not run yet)" in share_line, (prof, pair)
+    for row in ("gckd_grouped_dp_eps8", "gckd_per_record_dp_eps8"):
+        share_line = next(line for line in block.splitlines() if line.startswith("Share of") and f"`{row}` keeps" in line)
+        for prof, pair in cols:
+            rows_ = data["runs"][prof][pair]
+            label = f"{prof} {pair.replace('->', '→')} "
+            if all(r in rows_ for r in ("direct", "gckd_full", row)):
+                d, f, e = (rows_[r]["R1"] for r in ("direct", "gckd_full", row))
+                assert f"{label}{round(100 * (e - d) / (f - d))}%" in share_line, (prof, pair, row)
+            else:
+                assert f"{label}(" in share_line and "not run yet)" in share_line, (prof, pair, row)
 
 
 def test_no_hand_written_result_figures_in_the_readme():
