@@ -58,7 +58,7 @@ class RecordReleaseConfig:
     # "auto" (`release_params`): the whole image head when a step's noise norm on the mean, z sqrt(d) / (q N) for its
     # d numbers, is at most the largest mean clipped gradient (C / C = 1), else its last Linear. It reads only the
     # planned z, the rate and the record count, all public. Val R1 at epsilon 8 (seed 0 unless said): 18,000 records
-    # flat->outline last 33.4 -> all 45.9 (ratio 0.25 / 0.61), flat->shaded see docs/grouped.md; 1,800 records
+    # flat->outline last 33.4 -> all 45.9 (ratio 0.25 / 0.61), flat->shaded 11.4 -> 15.7; 1,800 records
     # flat->outline seeds 0 / 1 / 2 last 18.2 / 17.8 / 18.5, all 16.2 / 13.8 / 15.2 (ratio 2.5 / 6.0)
     prototype_budget_share: float = 0.2  # share of epsilon the DP prototype releases may cost
 
