@@ -39,7 +39,7 @@ from common.privacy.noise_calibration import plan_record_level, prototype_noise_
 from common.train.adapt import adapt, refine
 from common.train.adapt_config import AdaptConfig, resolved
 from common.train.grouped_config import plan_grouped, with_steps
-from common.train.record_level_dp import RecordLevelConfig, train_record_level
+from common.train.record_level_dp import RecordLevelConfig, expected_batch, train_record_level
 from common.train.record_pack import RecordLoss, RecordPack, pack_texts, teacher_targets
 from common.train.site_context import PublicBank, build_site_context
 
@@ -76,7 +76,7 @@ def step_noise_ratio(heads: DualHeads, spec: str, noise_multiplier: float, sampl
     gradient ``C``: d is the number of image-head numbers that ``spec`` trains in per-record mode."""
     named = dict(heads.named_parameters())
     d = sum(named[n].numel() for n in trainable_for_mode(heads, spec, "per_record"))
-    return noise_multiplier * d ** 0.5 / max(sample_rate * records, 1.0)
+    return noise_multiplier * d ** 0.5 / expected_batch(sample_rate, records)  # what each step's noisy sum is divided by
 
 
 def _ledger(epsilon: float, delta: float, accountant: str) -> SiteLedger:
